@@ -38,6 +38,24 @@ pub enum HeaderError {
     BadAuthority(String),
 }
 
+/// The first header a client's `Connection` field nominates as hop-by-hop that the gateway
+/// protects (credentials, identity, forwarding and framing headers). Such a request is refused:
+/// no legitimate client needs it, and it is the classic way to make a proxy drop a header.
+pub fn nominated_protected_header(headers: &http::HeaderMap) -> Option<String> {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .find(|name| {
+            matches!(
+                name.as_str(),
+                "host" | "authorization" | "content-length" | "transfer-encoding" | "forwarded"
+            ) || STRIPPED_PREFIXES.iter().any(|p| name.starts_with(p))
+        })
+}
+
 /// What to put on the upstream request besides the client's own (sanitized) headers.
 pub struct Forwarding<'a> {
     pub authority: &'a str,
@@ -222,6 +240,22 @@ mod tests {
         assert!(values(&req, "connection").is_empty());
         assert!(values(&req, "x-secret-hop").is_empty());
         assert_eq!(values(&req, "impersonate-user"), vec!["oidc:alice"]);
+    }
+
+    #[test]
+    fn nominating_a_protected_header_is_detected() {
+        let req = request(&[("Connection", "keep-alive, Impersonate-User")]);
+        assert_eq!(
+            nominated_protected_header(&req.headers).as_deref(),
+            Some("impersonate-user")
+        );
+        let req = request(&[("Connection", "X-Forwarded-For")]);
+        assert_eq!(
+            nominated_protected_header(&req.headers).as_deref(),
+            Some("x-forwarded-for")
+        );
+        let req = request(&[("Connection", "Upgrade"), ("Connection", "keep-alive")]);
+        assert_eq!(nominated_protected_header(&req.headers), None);
     }
 
     #[test]

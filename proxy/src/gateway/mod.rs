@@ -110,6 +110,12 @@ impl ProxyHttp for Gateway {
             return Ok(false);
         }
 
+        if let Some(name) = headers::nominated_protected_header(&req.headers) {
+            let message =
+                format!("the Connection header may not nominate the protected header {name:?}");
+            respond_status(session, &Status::bad_request(message)).await?;
+            return Ok(true);
+        }
         let info = match classify::classify(&req.method, req.uri.path(), req.uri.query()) {
             Ok(info) => info,
             Err(e) => {
@@ -219,11 +225,16 @@ impl ProxyHttp for Gateway {
                     "the gateway cannot reach the Kubernetes API server ({})",
                     e.etype().as_str()
                 ),
-                (503, _) | (400, _) => e
+                // Our own explained errors carry a message meant for the client.
+                (503, _) | (400, _) if matches!(e.etype(), ErrorType::HTTPStatus(_)) => e
                     .context
                     .as_ref()
                     .map(|c| c.as_str().to_string())
                     .unwrap_or_else(|| e.etype().as_str().to_string()),
+                (400, _) => format!(
+                    "the gateway could not read or forward the request ({})",
+                    e.etype().as_str()
+                ),
                 _ => format!("gateway error ({})", e.etype().as_str()),
             };
             if let Err(write_err) = respond_status(session, &Status::from_code(code, message)).await

@@ -1,0 +1,192 @@
+//! Developer and CI tasks for the Portcullis workspace (`cargo xtask <task>`): installing
+//! the test peers, building, testing and linting. Owns orchestration only: it must never
+//! change git state, install system packages (that is `.ci/run`'s job) or write outside
+//! the workspace's `.peers/` and cargo's own target directory.
+
+mod bench;
+mod peers;
+mod process;
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Portcullis workspace tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install kubectl and the Python venv into .peers/ (skips what is already pinned).
+    Peers,
+    /// Install peers, build the binaries, then run `cargo test --workspace` with peer env vars.
+    Test {
+        /// Extra arguments for `cargo test`, after `--` (e.g. `-- e2e -- --nocapture`).
+        #[arg(last = true)]
+        cargo_test_args: Vec<OsString>,
+    },
+    /// Check formatting and run clippy with warnings denied.
+    Lint,
+    /// Lint, then test, timing each phase.
+    Ci {
+        /// Extra arguments for `cargo test`, after `--`.
+        #[arg(last = true)]
+        cargo_test_args: Vec<OsString>,
+    },
+    /// Print `export` lines for the peer env vars, for running `cargo test` by hand.
+    Env,
+    /// Build release binaries and compare the gateway with a direct connection and nginx
+    /// (needs wrk and nginx); prints numbers, asserts nothing.
+    Bench {
+        /// Extra arguments for the benchmark driver, after `--` (e.g. `-- --rounds 2`).
+        #[arg(last = true)]
+        driver_args: Vec<OsString>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    let result = match cli.task {
+        Task::Peers => peers::install(&root),
+        Task::Test { cargo_test_args } => test(&root, &cargo_test_args),
+        Task::Lint => lint(&root),
+        Task::Ci { cargo_test_args } => ci(&root, &cargo_test_args),
+        Task::Bench { driver_args } => bench::run(&root, &driver_args),
+        Task::Env => {
+            for (name, value) in test_env(&root) {
+                println!("export {name}={}", value.display());
+            }
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root is the parent of this crate, wherever the clone lives.
+fn workspace_root() -> PathBuf {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
+}
+
+/// Cargo's target directory, honouring an inherited CARGO_TARGET_DIR without setting one.
+fn target_dir(root: &Path) -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => root.join(dir),
+        _ => root.join("target"),
+    }
+}
+
+/// Same cargo (and toolchain) that launched xtask, so a rustup override is respected.
+fn cargo(root: &Path) -> Command {
+    let program = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(program);
+    cmd.current_dir(root);
+    cmd
+}
+
+/// Everything the tests read to find peers and the gateway binary.
+fn test_env(root: &Path) -> Vec<(&'static str, PathBuf)> {
+    let mut env = peers::peer_env(root);
+    env.push((
+        "PORTCULLIS_BIN",
+        target_dir(root).join("debug").join("portcullis"),
+    ));
+    env
+}
+
+fn test(root: &Path, cargo_test_args: &[OsString]) -> Result<()> {
+    peers::install(root)?;
+    // The e2e tests spawn the gateway binary, which `cargo test` alone does not build.
+    process::run(cargo(root).args(["build", "--workspace", "--bins"]))?;
+
+    let mut cmd = cargo(root);
+    cmd.arg("test");
+    // `--workspace` would override a package selection given by the caller.
+    let selects_packages = cargo_test_args.iter().take_while(|a| *a != "--").any(|a| {
+        let a = a.to_string_lossy();
+        a == "-p" || a.starts_with("--package") || (a.starts_with("-p") && a.len() > 2)
+    });
+    if !selects_packages {
+        cmd.arg("--workspace");
+    }
+    cmd.args(cargo_test_args);
+    for (name, value) in test_env(root) {
+        eprintln!("env: {name}={}", value.display());
+        cmd.env(name, value);
+    }
+    process::run(&mut cmd)
+}
+
+/// Runs both checks even if the first fails, so one CI run reports every problem.
+fn lint(root: &Path) -> Result<()> {
+    let fmt = process::run(cargo(root).args(["fmt", "--all", "--", "--check"]));
+    let clippy = process::run(cargo(root).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]));
+    match (fmt, clippy) {
+        (Ok(()), Ok(())) => Ok(()),
+        (fmt, clippy) => {
+            let failures: Vec<String> = [fmt.err(), clippy.err()]
+                .into_iter()
+                .flatten()
+                .map(|e| format!("{e:#}"))
+                .collect();
+            bail!("lint failed: {}", failures.join("; "))
+        }
+    }
+}
+
+fn ci(root: &Path, cargo_test_args: &[OsString]) -> Result<()> {
+    let mut timings = Vec::new();
+    // Tests are skipped after a lint failure: a red lint already fails the run, and the
+    // test phase is the slow one.
+    let outcome = timed("lint", &mut timings, || lint(root))
+        .and_then(|()| timed("test", &mut timings, || test(root, cargo_test_args)));
+    eprintln!("==> ci summary");
+    for (phase, elapsed, ok) in &timings {
+        eprintln!(
+            "    {phase:<5} {:>8.1}s  {}",
+            elapsed.as_secs_f64(),
+            if *ok { "ok" } else { "FAILED" }
+        );
+    }
+    outcome
+}
+
+/// Runs one CI phase, announcing it and recording how long it took.
+fn timed(
+    phase: &'static str,
+    timings: &mut Vec<(&'static str, Duration, bool)>,
+    run: impl FnOnce() -> Result<()>,
+) -> Result<()> {
+    eprintln!("==> {phase}");
+    let started = Instant::now();
+    let result = run();
+    let elapsed = started.elapsed();
+    eprintln!(
+        "==> {phase} {} in {:.1}s",
+        if result.is_ok() { "passed" } else { "FAILED" },
+        elapsed.as_secs_f64()
+    );
+    timings.push((phase, elapsed, result.is_ok()));
+    result.map_err(|err| err.context(format!("ci phase `{phase}` failed")))
+}
