@@ -344,6 +344,14 @@ fn kubectl_reads_writes_and_watches_through_the_gateway() -> Result<()> {
     let gone = s.kubectl_output(&["get", "namespace", "e2e"], &[], None)?;
     ensure!(!gone.status.success() && String::from_utf8_lossy(&gone.stderr).contains("NotFound"));
 
+    // Ordinary requests use HTTP/2 to the upstream (kubectl speaks h2 to the gateway too).
+    ensure!(
+        s.log()
+            .iter()
+            .filter(|e| e.upgrade.is_none())
+            .all(|e| e.http_version == "HTTP/2.0"),
+        "ordinary requests should reach the upstream over HTTP/2"
+    );
     s.assert_only_gateway_credential_upstream()
 }
 

@@ -40,6 +40,8 @@ enum Task {
         #[arg(last = true)]
         cargo_test_args: Vec<OsString>,
     },
+    /// Run the local demo: API double, dev token issuer and the gateway; prints what to type next.
+    Demo,
     /// Print `export` lines for the peer env vars, for running `cargo test` by hand.
     Env,
     /// Build release binaries and compare the gateway with a direct connection and nginx
@@ -60,6 +62,7 @@ fn main() -> ExitCode {
         Task::Lint => lint(&root),
         Task::Ci { cargo_test_args } => ci(&root, &cargo_test_args),
         Task::Bench { driver_args } => bench::run(&root, &driver_args),
+        Task::Demo => demo(&root),
         Task::Env => {
             for (name, value) in test_env(&root) {
                 println!("export {name}={}", value.display());
@@ -189,4 +192,25 @@ fn timed(
     );
     timings.push((phase, elapsed, result.is_ok()));
     result.map_err(|err| err.context(format!("ci phase `{phase}` failed")))
+}
+
+/// Installs kubectl (npm + python3 only), builds the gateway and the demo driver, then hands the
+/// terminal to the driver until Ctrl-C.
+fn demo(root: &Path) -> Result<()> {
+    let kubectl = peers::install_kubectl_only(root)?;
+    process::run(
+        cargo(root)
+            .args(["build", "-p", "portcullis", "--bin", "portcullis"])
+            .args(["-p", "portcullis-tests", "--bin", "portcullis-demo"]),
+    )?;
+    let target = target_dir(root);
+    let status = Command::new(target.join("debug").join("portcullis-demo"))
+        .current_dir(root)
+        .env("PORTCULLIS_KUBECTL", &kubectl)
+        .env("PORTCULLIS_BIN", target.join("debug").join("portcullis"))
+        .status()?;
+    if !status.success() {
+        bail!("the demo exited with {status}");
+    }
+    Ok(())
 }

