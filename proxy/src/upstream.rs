@@ -310,4 +310,56 @@ mod tests {
         assert!(token.current().is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    #[tokio::test]
+    async fn kubeconfig_credential_gives_url_ca_and_token() {
+        use base64::Engine as _;
+        let dir =
+            std::env::temp_dir().join(format!("portcullis-kubeconfig-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let ca = rcgen::CertificateParams::new(vec!["api.test".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let ca_data = base64::engine::general_purpose::STANDARD.encode(ca.pem());
+        let path = dir.join("kubeconfig");
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://api.test:6443\n    certificate-authority-data: {ca_data}\ncontexts:\n- name: ctx\n  context:\n    cluster: c\n    user: u\ncurrent-context: ctx\nusers:\n- name: u\n  user:\n    token: gateway-token\n"
+            ),
+        )
+        .unwrap();
+        let cfg = config::Upstream {
+            url: None,
+            ca_file: None,
+            credential: config::Credential::Kubeconfig {
+                path: path.clone(),
+                context: Some("ctx".into()),
+            },
+            insecure_plaintext: false,
+            connect_timeout_seconds: 5,
+        };
+        let upstream = Upstream::from_config(&cfg).await.unwrap();
+        assert_eq!(upstream.address, "api.test:6443");
+        assert_eq!(upstream.sni, "api.test");
+        assert!(upstream.tls);
+        assert_eq!(upstream.ca.as_ref().map(|c| c.len()), Some(1));
+        assert_eq!(&*upstream.credential.current().unwrap(), "gateway-token");
+
+        // A kubeconfig user without a token is refused, not silently used without credentials.
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://api.test:6443\n    certificate-authority-data: {ca_data}\ncontexts:\n- name: ctx\n  context:\n    cluster: c\n    user: u\ncurrent-context: ctx\nusers:\n- name: u\n  user:\n    username: nobody\n"
+            ),
+        )
+        .unwrap();
+        assert!(matches!(
+            Upstream::from_config(&cfg).await,
+            Err(UpstreamError::NoToken)
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -43,6 +43,11 @@ struct Stack {
 
 impl Stack {
     fn start() -> Result<Self> {
+        Self::start_with("")
+    }
+
+    /// A stack whose gateway config has `extra` YAML appended.
+    fn start_with(extra: &str) -> Result<Self> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = TempDir::new("portcullis-e2e")?;
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -78,7 +83,7 @@ impl Stack {
             issuer: ISSUER,
             audience: AUDIENCE,
             jwks_file: &jwks,
-            extra: "",
+            extra,
         };
         let config_path = dir.path().join("portcullis.yaml");
         std::fs::write(&config_path, config.yaml())?;
@@ -836,3 +841,66 @@ fn bad_config_names_the_key_and_line() -> Result<()> {
 
 #[allow(dead_code)]
 fn unused(_: &Path) {}
+
+/// Opens a watch on a namespace where nothing happens and reports whether the server ended it
+/// before the client's own deadline (seconds).
+const PYTHON_IDLE_WATCH: &str = r#"
+import http.client, json, socket, ssl, sys, time
+host, port, ca, token, deadline = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], float(sys.argv[5])
+ctx = ssl.create_default_context(cafile=ca)
+c = http.client.HTTPSConnection(host, port, context=ctx, timeout=deadline)
+start = time.time()
+c.request("GET", "/api/v1/namespaces/kube-system/configmaps?watch=1", headers={"Authorization": "Bearer " + token})
+r = c.getresponse()
+ended = False
+try:
+    while r.read1(65536):
+        pass
+    ended = True
+except (socket.timeout, TimeoutError):
+    ended = False
+except Exception:
+    ended = True
+print(json.dumps({"code": r.status, "ended_by_server": ended, "seconds": time.time() - start}))
+"#;
+
+fn idle_watch(s: &Stack, client_deadline_seconds: u32) -> Result<serde_json::Value> {
+    let script = s.dir.path().join("idle.py");
+    std::fs::write(&script, PYTHON_IDLE_WATCH)?;
+    let url = s.gateway.url.trim_start_matches("https://").to_string();
+    let (host, port) = url.rsplit_once(':').context("host:port")?;
+    let out = Command::new(harness::python()?)
+        .arg(&script)
+        .args([host, port])
+        .arg(&s.gateway_ca)
+        .arg(&s.client_token)
+        .arg(client_deadline_seconds.to_string())
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+#[test]
+fn streams_have_no_timeout_unless_an_idle_timeout_is_configured() -> Result<()> {
+    // Default: a quiet watch stays open until the client gives up.
+    let s = Stack::start()?;
+    let r = idle_watch(&s, 4)?;
+    ensure!(
+        r["code"] == 200 && r["ended_by_server"] == false,
+        "default config ended an idle watch: {r}"
+    );
+    drop(s);
+
+    // With streams.idle_timeout_seconds the gateway ends a stream that stays silent.
+    let s = Stack::start_with("streams:\n  idle_timeout_seconds: 1\n")?;
+    let r = idle_watch(&s, 20)?;
+    ensure!(
+        r["code"] == 200 && r["ended_by_server"] == true,
+        "idle watch was not ended: {r}"
+    );
+    Ok(())
+}

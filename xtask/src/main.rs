@@ -1,7 +1,8 @@
 //! Developer and CI tasks for the Portcullis workspace (`cargo xtask <task>`): installing
-//! the test peers, building, testing and linting. Owns orchestration only: it must never
-//! change git state, install system packages (that is `.ci/run`'s job) or write outside
-//! the workspace's `.peers/` and cargo's own target directory.
+//! the test peers, building, testing, linting, the demo and the benchmark. Owns orchestration
+//! only: it must never change git state or write outside the workspace's `.peers/`, `.demo/`
+//! and cargo's own target directory. System packages are `.ci/run`'s job; the one exception is
+//! the demo installing cmake (announced) so it works on a fresh machine.
 
 mod bench;
 mod peers;
@@ -197,6 +198,7 @@ fn timed(
 /// Installs kubectl (npm + python3 only), builds the gateway and the demo driver, then hands the
 /// terminal to the driver until Ctrl-C.
 fn demo(root: &Path) -> Result<()> {
+    ensure_cmake()?;
     let kubectl = peers::install_kubectl_only(root)?;
     process::run(
         cargo(root)
@@ -213,4 +215,29 @@ fn demo(root: &Path) -> Result<()> {
         bail!("the demo exited with {status}");
     }
     Ok(())
+}
+
+/// pingora-core builds zlib-ng, which needs cmake. A fresh machine of this kind lacks it; as
+/// root (as on these machines) the demo installs it, announced; otherwise it says how.
+fn ensure_cmake() -> Result<()> {
+    if process::find_on_path("cmake").is_some() {
+        return Ok(());
+    }
+    let is_root = process::output(Command::new("id").arg("-u"))
+        .map(|uid| uid.trim() == "0")
+        .unwrap_or(false);
+    if !is_root {
+        bail!("cmake is needed to build pingora's zlib-ng: run `sudo apt-get install -y cmake`, then `cargo xtask demo` again");
+    }
+    eprintln!(
+        "xtask: cmake is missing (pingora builds zlib-ng with it): installing it with apt-get"
+    );
+    process::run(Command::new("apt-get").args(["update", "-qq"]))?;
+    process::run(Command::new("apt-get").args([
+        "install",
+        "-y",
+        "-qq",
+        "--no-install-recommends",
+        "cmake",
+    ]))
 }
