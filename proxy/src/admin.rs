@@ -24,17 +24,7 @@ impl ServeHttp for AdminApp {
         let path = session.req_header().uri.path().to_string();
         let (code, content_type, body) = match path.as_str() {
             "/healthz" | "/livez" => (200, "text/plain", b"ok".to_vec()),
-            "/readyz" => {
-                if self.verifier.ready() {
-                    (200, "text/plain", b"ok".to_vec())
-                } else {
-                    (
-                        503,
-                        "text/plain",
-                        b"not ready: an identity issuer has no keys yet".to_vec(),
-                    )
-                }
-            }
+            "/readyz" => readyz(&self.verifier),
             "/metrics" => (200, "text/plain; version=0.0.4", self.metrics.render()),
             _ => (404, "text/plain", b"not found".to_vec()),
         };
@@ -45,4 +35,33 @@ impl ServeHttp for AdminApp {
             .body(body)
             .unwrap_or_else(|_| Response::new(Vec::new()))
     }
+}
+
+/// 200 when every issuer holds keys, else 503 naming the issuers without; one line per issuer
+/// either way (key count and the last fetch error, which names URLs but never a token).
+fn readyz(verifier: &Verifier) -> (u16, &'static str, Vec<u8>) {
+    let status = verifier.status();
+    let missing: Vec<&str> = status
+        .iter()
+        .filter(|s| s.keys == 0)
+        .map(|s| s.issuer.as_str())
+        .collect();
+    let mut body = if missing.is_empty() {
+        "ok\n".to_string()
+    } else {
+        format!("not ready: no keys for issuer(s) {}\n", missing.join(", "))
+    };
+    for s in &status {
+        body.push_str(&format!(
+            "issuer {}: {} key(s){}\n",
+            s.issuer,
+            s.keys,
+            s.last_error
+                .as_deref()
+                .map(|e| format!(", last fetch failed: {e}"))
+                .unwrap_or_default()
+        ));
+    }
+    let code = if missing.is_empty() { 200 } else { 503 };
+    (code, "text/plain", body.into_bytes())
 }

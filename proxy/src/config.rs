@@ -9,6 +9,7 @@
 //! `unsafe-libyaml`. `serde_path_to_error` adds the dotted path of the key.
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -16,10 +17,10 @@ use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{file}: at `{key}`: {message}")]
     Parse {
@@ -116,18 +117,42 @@ pub struct Identity {
     pub issuers: Vec<Issuer>,
 }
 
+/// How an issuer's verified claims become a Kubernetes identity.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum IssuerKind {
+    /// `username_claim`/`groups_claim` with their prefixes.
+    #[default]
+    Oidc,
+    /// A Kubernetes service-account token issuer: `sub` `system:serviceaccount:<ns>:<name>` is the
+    /// user, groups `system:serviceaccounts` and `system:serviceaccounts:<ns>`; no prefixes.
+    ServiceAccount,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Issuer {
-    /// Must equal the token's `iss` exactly.
+    /// Must equal the token's `iss` exactly. `https://`, or `http://127.0.0.1[:port]` (a test
+    /// provider on loopback; never anything else over plain HTTP).
     pub issuer: String,
+    #[serde(default)]
+    pub kind: IssuerKind,
     /// The token's `aud` (string or array) must contain one of these.
     pub audiences: Vec<String>,
-    /// Where the issuer's keys are: a JWKS file, or a URL fetched at start and refreshed.
+    /// Where the issuer's keys are: a JWKS file, a JWKS URL, or an OIDC discovery document
+    /// (`discovery_url`, or when none of the three is set `<issuer>/.well-known/openid-configuration`).
     pub jwks_file: Option<PathBuf>,
     pub jwks_url: Option<String>,
-    /// CA bundle for `jwks_url` when it is not publicly trusted.
+    pub discovery_url: Option<String>,
+    /// CA bundle for the issuer's URLs when they are not publicly trusted (replaces the platform roots).
     pub jwks_ca_file: Option<PathBuf>,
+    /// A fetch triggered by a token whose key is unknown happens at most once per this interval.
+    #[serde(default = "default_min_refresh")]
+    pub jwks_min_refresh_interval_seconds: u64,
+    /// Upper bound of the scheduled refresh interval (the JWKS response's `Cache-Control: max-age`,
+    /// else 300 s, clamped to [min, max]).
+    #[serde(default = "default_max_refresh")]
+    pub jwks_max_refresh_interval_seconds: u64,
     #[serde(default = "default_username_claim")]
     pub username_claim: String,
     #[serde(default)]
@@ -136,12 +161,27 @@ pub struct Issuer {
     pub groups_claim: String,
     #[serde(default)]
     pub groups_prefix: String,
+    /// Claims that must be present with exactly this string value (booleans as "true"/"false").
+    #[serde(default)]
+    pub required_claims: BTreeMap<String, String>,
+    /// Extra attributes to impersonate: extra key (lowercase, e.g. `example.com/email`) -> claim.
+    #[serde(default)]
+    pub extra_claims: BTreeMap<String, String>,
     #[serde(default = "default_algorithms")]
     pub algorithms: Vec<String>,
     #[serde(default = "default_clock_skew")]
     pub clock_skew_seconds: u64,
 }
 
+/// Extra keys the gateway sets itself on every request; no issuer may map a claim onto them.
+pub const RESERVED_EXTRA_KEYS: &[&str] = &["portcullis.dev/session", "portcullis.dev/client-ip"];
+
+fn default_min_refresh() -> u64 {
+    30
+}
+fn default_max_refresh() -> u64 {
+    3600
+}
 fn default_username_claim() -> String {
     "sub".into()
 }
@@ -160,8 +200,10 @@ fn default_clock_skew() -> u64 {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Streams {
-    /// Close a watch, log follow or exec stream after this long with no bytes either way.
-    /// Absent: no idle timeout (the API server's own timeouts apply).
+    /// Close a watch, log follow or exec/attach/port-forward stream after this long without a
+    /// byte from the API server (applied as the upstream read timeout; note that an idle
+    /// interactive shell sends nothing either). Absent: no idle timeout, the API server's own
+    /// timeouts apply.
     pub idle_timeout_seconds: Option<u64>,
 }
 
@@ -170,19 +212,21 @@ pub struct Streams {
 pub struct Server {
     /// Worker threads; absent: the number of cores this process may use (cgroup-aware).
     pub threads: Option<usize>,
-    /// How long to keep serving after SIGTERM before stopping to accept, and then how long
-    /// in-flight requests (including watches and exec sessions) may take to finish.
+    /// After SIGTERM the listeners stop accepting at once; in-flight requests (including
+    /// watches and exec sessions) then get this long to finish. pingora always waits it in full.
     #[serde(default = "default_grace")]
     pub grace_period_seconds: u64,
+    /// After the grace period, how long to wait for the worker runtimes to wind down before
+    /// the process exits anyway.
     #[serde(default = "default_shutdown_timeout")]
     pub graceful_shutdown_timeout_seconds: u64,
 }
 
 fn default_grace() -> u64 {
-    0
+    5
 }
 fn default_shutdown_timeout() -> u64 {
-    10
+    5
 }
 
 impl Default for Server {
@@ -212,11 +256,70 @@ pub enum LogFormat {
     Json,
 }
 
+impl Issuer {
+    fn validate(&self) -> Result<(), String> {
+        let sources = [
+            self.jwks_file.is_some(),
+            self.jwks_url.is_some(),
+            self.discovery_url.is_some(),
+        ];
+        if sources.iter().filter(|s| **s).count() > 1 {
+            return Err("set exactly one of `jwks_file`, `jwks_url` or `discovery_url` (or none of them: discovery at the issuer)".into());
+        }
+        let https = |url: &str| {
+            url.starts_with("https://")
+                || url == "http://127.0.0.1"
+                || url.starts_with("http://127.0.0.1:")
+                || url.starts_with("http://127.0.0.1/")
+        };
+        for url in [
+            Some(&self.issuer),
+            self.jwks_url.as_ref(),
+            self.discovery_url.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if !https(url) {
+                return Err(format!(
+                    "{url:?} must be https:// (plain http is accepted for 127.0.0.1 only, for a local test provider)"
+                ));
+            }
+        }
+        if self.kind == IssuerKind::ServiceAccount
+            && (!self.username_prefix.is_empty() || !self.groups_prefix.is_empty())
+        {
+            return Err("a service_account issuer maps to system:serviceaccount:<ns>:<name> and takes no prefixes".into());
+        }
+        for key in self.extra_claims.keys() {
+            if key.is_empty()
+                || key
+                    .bytes()
+                    .any(|b| b.is_ascii_uppercase() || b.is_ascii_control() || b == b' ')
+            {
+                return Err(format!("extra_claims key {key:?} must be non-empty lowercase without spaces (the API server lowercases extra keys)"));
+            }
+            if RESERVED_EXTRA_KEYS.contains(&key.as_str()) {
+                return Err(format!(
+                    "extra_claims key {key:?} is set by the gateway itself"
+                ));
+            }
+        }
+        if self.jwks_min_refresh_interval_seconds == 0 {
+            return Err(
+                "jwks_min_refresh_interval_seconds must be at least 1 (it rate-limits fetches)"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
 impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         Self::parse(&text, path)
     }
@@ -249,16 +352,17 @@ impl Config {
         if self.identity.issuers.is_empty() && !self.benchmark_passthrough {
             return Err("`identity.issuers` is empty: no caller could ever authenticate".into());
         }
+        let mut seen = std::collections::HashSet::new();
         for (i, issuer) in self.identity.issuers.iter().enumerate() {
-            match (&issuer.jwks_file, &issuer.jwks_url) {
-                (Some(_), None) | (None, Some(_)) => {}
-                _ => {
-                    return Err(format!(
-                        "identity.issuers[{i}] ({}): set exactly one of `jwks_file` or `jwks_url`",
-                        issuer.issuer
-                    ))
-                }
+            if !seen.insert(issuer.issuer.as_str()) {
+                return Err(format!(
+                    "identity.issuers[{i}]: issuer {} is configured twice",
+                    issuer.issuer
+                ));
             }
+            issuer
+                .validate()
+                .map_err(|m| format!("identity.issuers[{i}] ({}): {m}", issuer.issuer))?;
             if issuer.audiences.is_empty() {
                 return Err(format!(
                     "identity.issuers[{i}] ({}): `audiences` must name at least one audience",
@@ -341,6 +445,45 @@ identity:
             "{err}"
         );
         assert!(err.contains("line 18"), "{err}");
+    }
+
+    #[test]
+    fn issuer_keys_and_their_checks() {
+        let full = GOOD.replace(
+            "      jwks_file: /tmp/jwks.json\n",
+            "      jwks_file: /tmp/jwks.json\n    - issuer: http://127.0.0.1:9400\n      audiences: [portcullis]\n      required_claims:\n        email_verified: \"true\"\n      extra_claims:\n        example.com/email: email\n    - issuer: https://oidc.eks.test/id/X\n      kind: service_account\n      audiences: [portcullis]\n      discovery_url: https://oidc.eks.test/id/X/.well-known/openid-configuration\n",
+        );
+        let c = Config::parse(&full, Path::new("c.yaml")).unwrap();
+        let op = &c.identity.issuers[1];
+        assert_eq!(op.kind, IssuerKind::Oidc);
+        assert_eq!(op.required_claims["email_verified"], "true");
+        assert_eq!(op.extra_claims["example.com/email"], "email");
+        assert_eq!(op.jwks_min_refresh_interval_seconds, 30);
+        assert_eq!(c.identity.issuers[2].kind, IssuerKind::ServiceAccount);
+
+        for (bad, expect) in [
+            ("http://127.0.0.1:9400", "http://localhost:9400"),
+            ("http://127.0.0.1:9400", "http://issuer.example"),
+        ] {
+            let text = full.replace(bad, expect);
+            let err = Config::parse(&text, Path::new("c.yaml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("must be https://"), "{err}");
+        }
+        let reserved = full.replace("example.com/email: email", "portcullis.dev/session: sid");
+        assert!(Config::parse(&reserved, Path::new("c.yaml"))
+            .unwrap_err()
+            .to_string()
+            .contains("set by the gateway"));
+        let prefixed = full.replace(
+            "      kind: service_account\n",
+            "      kind: service_account\n      username_prefix: \"x:\"\n",
+        );
+        assert!(Config::parse(&prefixed, Path::new("c.yaml"))
+            .unwrap_err()
+            .to_string()
+            .contains("no prefixes"));
     }
 
     #[test]

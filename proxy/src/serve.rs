@@ -33,12 +33,15 @@ pub enum ServeError {
     Metrics(#[from] crate::metrics::MetricsError),
     #[error("TLS listener: {0}")]
     Tls(String),
+    #[error("{0}")]
+    Listen(String),
     #[error("cannot start the start-up runtime: {0}")]
     Runtime(std::io::Error),
 }
 
-/// How often keys behind a JWKS URL are re-fetched.
-const JWKS_REFRESH: Duration = Duration::from_secs(300);
+/// The refresher looks at its schedule at least this often (and at most once a second), so a
+/// refresh that failed is retried as soon as the issuer's rate limit allows.
+const JWKS_SCHEDULE_MAX_SLEEP: Duration = Duration::from_secs(60);
 
 /// Worker threads: the configured count, else what this process may really use (std's
 /// `available_parallelism` honours cgroup CPU quotas and the affinity mask).
@@ -64,8 +67,59 @@ pub fn init_tracing(config: &Config) {
     };
 }
 
+/// Check what pingora would otherwise only discover inside a service task, where a failure
+/// panics that task but leaves the process (and its admin port) up: the TLS files load and
+/// match, and every listen address can be bound.
+fn preflight(config: &Config) -> Result<(), ServeError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    if let Some(listen) = &config.listen {
+        let tls_err = |what: &str, path: &Path, e: &dyn std::fmt::Display| {
+            ServeError::Tls(format!("{what} {}: {e}", path.display()))
+        };
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_file_iter(&listen.tls.cert_file)
+                .map_err(|e| tls_err("cannot read certificate", &listen.tls.cert_file, &e))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| tls_err("bad certificate", &listen.tls.cert_file, &e))?;
+        if certs.is_empty() {
+            return Err(tls_err(
+                "no certificate in",
+                &listen.tls.cert_file,
+                &"empty",
+            ));
+        }
+        let key = PrivateKeyDer::from_pem_file(&listen.tls.key_file)
+            .map_err(|e| tls_err("cannot read private key", &listen.tls.key_file, &e))?;
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
+        .map_err(|e| {
+            tls_err(
+                "certificate and key do not form a usable pair:",
+                &listen.tls.cert_file,
+                &e,
+            )
+        })?;
+    }
+    let addresses = config
+        .listen
+        .iter()
+        .map(|l| l.address)
+        .chain(config.insecure_listen)
+        .chain(config.admin.iter().map(|a| a.address));
+    for address in addresses {
+        std::net::TcpListener::bind(address)
+            .map_err(|e| ServeError::Listen(format!("cannot listen on {address}: {e}")))?;
+    }
+    Ok(())
+}
+
 /// Build everything and run until a signal stops the server. Returns only on start-up errors.
 pub fn run(config: Config) -> Result<(), ServeError> {
+    preflight(&config)?;
     let startup = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -75,7 +129,11 @@ pub fn run(config: Config) -> Result<(), ServeError> {
     if verifier.has_remote_issuers() {
         // Unreachable issuers are not fatal: their tokens are refused until keys arrive, and
         // /readyz says so.
-        startup.block_on(verifier.refresh_remote());
+        for (issuer, outcome) in startup.block_on(verifier.refresh_remote()) {
+            if let Err(e) = outcome {
+                tracing::error!(%issuer, error = %e, "issuer keys unavailable at start: its tokens are refused until a refresh succeeds");
+            }
+        }
     }
     drop(startup);
     let metrics = Arc::new(Metrics::new()?);
@@ -119,6 +177,9 @@ pub fn run(config: Config) -> Result<(), ServeError> {
         proxy.add_tls_with_settings(&listen.address.to_string(), None, tls);
         tracing::info!(address = %listen.address, "API listener (TLS, h2 + http/1.1)");
     }
+    if config.upstream.insecure_plaintext {
+        tracing::warn!("upstream.insecure_plaintext is on: the API server is reached WITHOUT TLS (benchmarks only)");
+    }
     if let Some(addr) = config.insecure_listen {
         tracing::warn!(address = %addr, "insecure plaintext listener enabled (tests only)");
         proxy.add_tcp(&addr.to_string());
@@ -150,6 +211,14 @@ fn path_str(p: &Path) -> String {
     p.display().to_string()
 }
 
+fn next_check(verifier: &Verifier) -> Duration {
+    verifier
+        .until_next_refresh()
+        .unwrap_or(JWKS_SCHEDULE_MAX_SLEEP)
+        .clamp(Duration::from_secs(1), JWKS_SCHEDULE_MAX_SLEEP)
+}
+
+/// Scheduled JWKS refreshes, each issuer when its `Cache-Control: max-age` (bounded) runs out.
 struct JwksRefresher {
     verifier: Arc<Verifier>,
 }
@@ -160,8 +229,8 @@ impl BackgroundService for JwksRefresher {
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
-                _ = tokio::time::sleep(JWKS_REFRESH) => {
-                    self.verifier.refresh_remote().await;
+                _ = tokio::time::sleep(next_check(&self.verifier)) => {
+                    self.verifier.refresh_due().await;
                 }
             }
         }

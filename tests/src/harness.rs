@@ -240,7 +240,8 @@ identity:
       groups_prefix: "oidc:"
 server:
   threads: 2
-  graceful_shutdown_timeout_seconds: 5
+  grace_period_seconds: 1
+  graceful_shutdown_timeout_seconds: 2
 {extra}"#,
             api = self.api,
             cert = self.tls_cert.display(),
@@ -254,5 +255,221 @@ server:
             jwks = self.jwks_file.display(),
             extra = self.extra,
         )
+    }
+}
+
+/// A minimal HTTP/1.1 request (`Connection: close`) over plain TCP to a loopback peer.
+/// Returns the status code, the header block (as sent) and the body (de-chunked).
+pub fn http_plain(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> anyhow::Result<(u16, String, Vec<u8>)> {
+    use std::io::Read as _;
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(ct) = content_type {
+        head.push_str(&format!("Content-Type: {ct}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("no end of headers")?;
+    let headers = String::from_utf8_lossy(&raw[..split]).to_string();
+    let mut payload = raw[split + 4..].to_vec();
+    let code = headers
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no status line")?;
+    if headers
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut out = Vec::new();
+        let mut rest = payload.as_slice();
+        loop {
+            let line_end = rest
+                .windows(2)
+                .position(|w| w == b"\r\n")
+                .context("bad chunk")?;
+            let size = usize::from_str_radix(
+                String::from_utf8_lossy(&rest[..line_end])
+                    .split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim(),
+                16,
+            )?;
+            rest = &rest[line_end + 2..];
+            if size == 0 {
+                break;
+            }
+            out.extend_from_slice(rest.get(..size).context("short chunk")?);
+            rest = rest.get(size + 2..).unwrap_or(&[]);
+        }
+        payload = out;
+    }
+    Ok((code, headers, payload))
+}
+
+/// The real OIDC provider process (PyPI `oidc-provider-mock`, installed by `cargo xtask peers`)
+/// on a free loopback port, plain HTTP. Killed when dropped.
+pub struct OidcProvider {
+    child: Child,
+    pub addr: SocketAddr,
+    pub stderr_path: PathBuf,
+}
+
+impl OidcProvider {
+    /// Start it, logging to `<dir>/oidc-provider.log`, and wait until discovery answers.
+    pub fn start(dir: &Path) -> anyhow::Result<Self> {
+        let bin = peer(
+            "PORTCULLIS_OIDC_PROVIDER",
+            ".peers/venv/bin/oidc-provider-mock",
+        )?;
+        let port = free_port()?;
+        let stderr_path = dir.join("oidc-provider.log");
+        let stderr = std::fs::File::create(&stderr_path)?;
+        let child = Command::new(bin)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .context("starting oidc-provider-mock")?;
+        let mut provider = Self {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            stderr_path,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = provider.child.try_wait()? {
+                bail!(
+                    "oidc-provider-mock exited early ({status}):\n{}",
+                    provider.log()
+                );
+            }
+            if http_get_plain(provider.addr, "/.well-known/openid-configuration")
+                .map(|(code, _)| code == 200)
+                .unwrap_or(false)
+            {
+                return Ok(provider);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "oidc-provider-mock did not answer in 30 s:\n{}",
+                    provider.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The provider's `iss` (it derives it from the Host it is reached at).
+    pub fn issuer(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// How many times its JWKS was fetched (from its access log).
+    pub fn jwks_fetches(&self) -> usize {
+        self.log().matches("\"GET /jwks ").count()
+    }
+
+    /// Set the claims the provider puts in `sub`'s tokens (`PUT /users/<sub>`).
+    pub fn set_claims(&self, sub: &str, claims: &serde_json::Value) -> anyhow::Result<()> {
+        let (code, _, body) = http_plain(
+            self.addr,
+            "PUT",
+            &format!("/users/{sub}"),
+            Some("application/json"),
+            claims.to_string().as_bytes(),
+        )?;
+        if code / 100 != 2 {
+            bail!(
+                "PUT /users/{sub}: {code} {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        Ok(())
+    }
+
+    /// An ID token for `sub` with `client_id` as audience, non-interactively: the authorization
+    /// form's POST answers a 302 carrying the code, which the token endpoint exchanges.
+    pub fn id_token(&self, sub: &str, client_id: &str) -> anyhow::Result<String> {
+        let redirect = "http://127.0.0.1/callback";
+        let form = format!(
+            "sub={sub}&client_id={client_id}&redirect_uri={}&response_type=code&scope=openid+email+profile&state=e2e",
+            percent_encoding::utf8_percent_encode(redirect, percent_encoding::NON_ALPHANUMERIC)
+        );
+        let (code, headers, _) = http_plain(
+            self.addr,
+            "POST",
+            "/oauth2/authorize",
+            Some("application/x-www-form-urlencoded"),
+            form.as_bytes(),
+        )?;
+        if code != 302 {
+            bail!("authorize answered {code}, not a redirect");
+        }
+        let location = headers
+            .lines()
+            .find_map(|l| {
+                l.split_once(':')
+                    .filter(|(name, _)| name.eq_ignore_ascii_case("location"))
+                    .map(|(_, value)| value)
+            })
+            .context("no Location")?
+            .trim()
+            .to_string();
+        let auth_code = location
+            .split(['?', '&'])
+            .find_map(|kv| kv.strip_prefix("code="))
+            .context("no code in the redirect")?;
+        let form = format!(
+            "grant_type=authorization_code&code={auth_code}&client_id={client_id}&client_secret=e2e&redirect_uri={}",
+            percent_encoding::utf8_percent_encode(redirect, percent_encoding::NON_ALPHANUMERIC)
+        );
+        let (code, _, body) = http_plain(
+            self.addr,
+            "POST",
+            "/oauth2/token",
+            Some("application/x-www-form-urlencoded"),
+            form.as_bytes(),
+        )?;
+        if code != 200 {
+            bail!(
+                "token endpoint answered {code}: {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        let response: serde_json::Value = serde_json::from_slice(&body)?;
+        response["id_token"]
+            .as_str()
+            .map(str::to_owned)
+            .context("no id_token in the token response")
+    }
+}
+
+impl Drop for OidcProvider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

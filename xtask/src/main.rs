@@ -25,7 +25,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install kubectl and the Python venv into .peers/ (skips what is already pinned).
+    /// Install kubectl, the Python venv and the npm MCP servers into .peers/ (skips what is
+    /// already pinned).
     Peers,
     /// Install peers, build the binaries, then run `cargo test --workspace` with peer env vars.
     Test {

@@ -1,5 +1,6 @@
 //! Installs the third-party programs the tests run against (kubectl, a Python venv with the
-//! pinned PyPI clients) into the workspace's `.peers/` folder, and says where they are.
+//! pinned PyPI clients, the npm-packaged MCP servers) into the workspace's `.peers/` folder, and
+//! says where they are.
 //! Must never install anything system-wide nor touch files outside `.peers/`; system tools
 //! it needs (tmux, unzip) are only checked for, with a hint on how to get them.
 
@@ -24,6 +25,16 @@ const PYTHON_REQUIREMENTS: &str = "xtask/peers-requirements.txt";
 pub const ENV_KUBECTL: &str = "PORTCULLIS_KUBECTL";
 /// Env var naming the venv interpreter that has the pinned Python peers.
 pub const ENV_PYTHON: &str = "PORTCULLIS_PYTHON";
+/// Env var naming the `kubernetes-mcp-server` Go binary (an MCP server using client-go).
+pub const ENV_K8S_MCP_SERVER: &str = "PORTCULLIS_K8S_MCP_SERVER";
+/// Env var naming the node entry point of `mcp-server-kubernetes` (an MCP server running kubectl).
+pub const ENV_MCP_SERVER_KUBERNETES: &str = "PORTCULLIS_MCP_SERVER_KUBERNETES";
+
+/// The npm-packaged MCP servers, exact pins installed together into one prefix.
+const MCP_NPM_PINS: [(&str, &str); 2] = [
+    ("kubernetes-mcp-server-linux-amd64", "0.0.67"),
+    ("mcp-server-kubernetes", "4.1.7"),
+];
 
 /// Where each peer lives under the workspace root.
 struct Layout {
@@ -52,6 +63,27 @@ impl Layout {
     fn npm_prefix(&self) -> PathBuf {
         self.peers().join("npm")
     }
+    /// A prefix of its own, so the MCP servers' dependency tree never disturbs kubectl's.
+    fn npm_mcp_prefix(&self) -> PathBuf {
+        self.peers().join("npm-mcp")
+    }
+    fn npm_mcp_package(&self, name: &str) -> PathBuf {
+        self.npm_mcp_prefix().join("node_modules").join(name)
+    }
+    fn k8s_mcp_server(&self) -> PathBuf {
+        self.npm_mcp_package(MCP_NPM_PINS[0].0)
+            .join("bin")
+            .join("kubernetes-mcp-server-linux-amd64")
+    }
+    fn mcp_server_kubernetes(&self) -> PathBuf {
+        self.npm_mcp_package(MCP_NPM_PINS[1].0)
+            .join("dist")
+            .join("index.js")
+    }
+    /// Records the pins the MCP prefix was last completed with.
+    fn npm_mcp_stamp(&self) -> PathBuf {
+        self.npm_mcp_prefix().join(".portcullis-pins")
+    }
     fn venv(&self) -> PathBuf {
         self.peers().join("venv")
     }
@@ -76,6 +108,8 @@ pub fn peer_env(root: &Path) -> Vec<(&'static str, PathBuf)> {
     vec![
         (ENV_KUBECTL, layout.kubectl()),
         (ENV_PYTHON, layout.python()),
+        (ENV_K8S_MCP_SERVER, layout.k8s_mcp_server()),
+        (ENV_MCP_SERVER_KUBERNETES, layout.mcp_server_kubernetes()),
     ]
 }
 
@@ -102,6 +136,7 @@ pub fn install(root: &Path) -> Result<()> {
 
     install_kubectl(&layout).context("installing kubectl")?;
     install_python(&layout).context("installing the Python venv")?;
+    install_mcp_servers(&layout).context("installing the npm MCP servers")?;
 
     for (name, path) in peer_env(root) {
         eprintln!("peers: {name}={}", path.display());
@@ -230,6 +265,85 @@ fn set_executable(path: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(path, fs::Permissions::from_mode(0o755))
         .with_context(|| format!("chmod +x {}", path.display()))
+}
+
+fn mcp_pins() -> Vec<String> {
+    MCP_NPM_PINS
+        .iter()
+        .map(|(name, version)| format!("{name}@{version}"))
+        .collect()
+}
+
+/// Asks node for the version each installed MCP package declares, failing on the first one
+/// that is missing or not at its pin, so a half-finished `npm install` is never taken as done.
+fn verify_mcp_pins(layout: &Layout) -> Result<()> {
+    for (name, want) in MCP_NPM_PINS {
+        let manifest = layout.npm_mcp_package(name).join("package.json");
+        ensure!(manifest.is_file(), "{} is missing", manifest.display());
+        let have = process::output(
+            Command::new("node")
+                .args(["-p", "require(process.argv[1]).version"])
+                .arg(&manifest),
+        )?;
+        ensure!(
+            have.trim() == want,
+            "{name} is at {}, expected {want}",
+            have.trim()
+        );
+    }
+    for entry in [layout.k8s_mcp_server(), layout.mcp_server_kubernetes()] {
+        ensure!(entry.is_file(), "{} is missing", entry.display());
+    }
+    ensure!(
+        is_executable(&layout.k8s_mcp_server()),
+        "{} is not executable",
+        layout.k8s_mcp_server().display()
+    );
+    Ok(())
+}
+
+fn install_mcp_servers(layout: &Layout) -> Result<()> {
+    let pins = mcp_pins();
+    let wanted = format!("{}\n", pins.join("\n"));
+    let stamp = fs::read_to_string(layout.npm_mcp_stamp()).unwrap_or_default();
+    if stamp == wanted && verify_mcp_pins(layout).is_ok() {
+        eprintln!(
+            "peers: {}: skipped, already at {}",
+            pins.join(", "),
+            layout.show(&layout.npm_mcp_prefix())
+        );
+        return Ok(());
+    }
+
+    let prefix = layout.npm_mcp_prefix();
+    fs::create_dir_all(&prefix).with_context(|| format!("creating {}", prefix.display()))?;
+    // The stamp only goes back once npm and the pin check both succeed.
+    fs::remove_file(layout.npm_mcp_stamp()).ok();
+    process::run(
+        Command::new("npm")
+            .args([
+                "install",
+                "--no-audit",
+                "--no-fund",
+                "--save-exact",
+                "--prefix",
+            ])
+            .arg(&prefix)
+            .args(&pins),
+    )?;
+    // npm does not always keep the execute bit of a prebuilt binary shipped in a tarball; a
+    // missing binary is left for the pin check to name.
+    if layout.k8s_mcp_server().is_file() {
+        set_executable(&layout.k8s_mcp_server())?;
+    }
+    verify_mcp_pins(layout)?;
+    fs::write(layout.npm_mcp_stamp(), &wanted)?;
+    eprintln!(
+        "peers: {}: installed at {}",
+        pins.join(", "),
+        layout.show(&prefix)
+    );
+    Ok(())
 }
 
 /// One `name==version` line of the requirements file.
@@ -418,6 +532,14 @@ mod tests {
             vec![
                 (ENV_KUBECTL, PathBuf::from("/repo/.peers/bin/kubectl")),
                 (ENV_PYTHON, PathBuf::from("/repo/.peers/venv/bin/python")),
+                (
+                    ENV_K8S_MCP_SERVER,
+                    PathBuf::from("/repo/.peers/npm-mcp/node_modules/kubernetes-mcp-server-linux-amd64/bin/kubernetes-mcp-server-linux-amd64")
+                ),
+                (
+                    ENV_MCP_SERVER_KUBERNETES,
+                    PathBuf::from("/repo/.peers/npm-mcp/node_modules/mcp-server-kubernetes/dist/index.js")
+                ),
             ]
         );
     }

@@ -1,5 +1,6 @@
 //! The upstream request's headers: what of the client's request may reach the API server, and
-//! what the gateway adds (its own credential and the caller's impersonated identity).
+//! what the gateway adds (its own credential and the caller's impersonated identity, with the
+//! request's session id and client address as extras).
 //!
 //! Owns: stripping client credentials, client-sent `Impersonate-*`, `X-Remote-*`, `X-Forwarded-*`
 //! and hop-by-hop headers (including any the client nominates in `Connection`, so a client cannot
@@ -64,6 +65,28 @@ pub struct Forwarding<'a> {
     pub identity: Option<&'a Identity>,
     /// An HTTP/1.1 upgrade (exec/attach/port-forward): keep `Upgrade` and the protocol's own headers.
     pub upgrade: Option<HeaderValue>,
+    /// The gateway's id of this request, sent as extra `portcullis.dev/session` so the API
+    /// server's audit log correlates with ours.
+    pub session_id: &'a str,
+    /// The downstream peer's address, sent as extra `portcullis.dev/client-ip`.
+    pub client_ip: Option<&'a str>,
+}
+
+/// Extra keys the gateway itself sets with every impersonated identity.
+pub const EXTRA_SESSION: &str = "portcullis.dev/session";
+pub const EXTRA_CLIENT_IP: &str = "portcullis.dev/client-ip";
+
+/// Header name for an impersonated extra: the key is percent-encoded (the API server decodes it),
+/// so `/` and other characters that cannot appear in a header name survive.
+fn extra_header_name(key: &str) -> Result<HeaderName, HeaderError> {
+    const KEEP: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    let encoded = percent_encoding::utf8_percent_encode(key, KEEP).to_string();
+    HeaderName::from_bytes(format!("impersonate-extra-{encoded}").as_bytes())
+        .map_err(|_| HeaderError::UnencodableIdentity)
 }
 
 /// Rewrite `req` in place for the upstream.
@@ -136,6 +159,23 @@ pub fn prepare_upstream_request(
             req.append_header(HeaderName::from_static("impersonate-group"), value)
                 .map_err(|_| HeaderError::UnencodableIdentity)?;
         }
+        let ours = [
+            (EXTRA_SESSION, Some(fwd.session_id)),
+            (EXTRA_CLIENT_IP, fwd.client_ip),
+        ];
+        let carried = identity
+            .extra
+            .iter()
+            .flat_map(|(k, values)| values.iter().map(move |v| (k.as_str(), Some(v.as_str()))));
+        for (key, value) in ours.into_iter().chain(carried) {
+            let Some(value) = value.filter(|v| !v.is_empty()) else {
+                continue;
+            };
+            let value = HeaderValue::from_bytes(value.as_bytes())
+                .map_err(|_| HeaderError::UnencodableIdentity)?;
+            req.append_header(extra_header_name(key)?, value)
+                .map_err(|_| HeaderError::UnencodableIdentity)?;
+        }
     }
     Ok(())
 }
@@ -153,6 +193,7 @@ mod tests {
         Identity {
             user: "oidc:alice".into(),
             groups: vec!["oidc:devs".into(), "oidc:oncall".into()],
+            extra: vec![("example.com/email".into(), vec!["alice@example.com".into()])],
             issuer: "https://issuer.test".into(),
             expires: 0,
         }
@@ -201,6 +242,8 @@ mod tests {
                 upstream_token: "gateway-token",
                 identity: Some(&id),
                 upgrade: None,
+                session_id: "s-1",
+                client_ip: Some("10.0.0.7"),
             },
         )
         .unwrap();
@@ -211,6 +254,18 @@ mod tests {
             vec!["oidc:devs", "oidc:oncall"]
         );
         assert!(values(&req, "impersonate-extra-scopes").is_empty());
+        assert_eq!(
+            values(&req, "impersonate-extra-portcullis.dev%2fsession"),
+            vec!["s-1"]
+        );
+        assert_eq!(
+            values(&req, "impersonate-extra-portcullis.dev%2fclient-ip"),
+            vec!["10.0.0.7"]
+        );
+        assert_eq!(
+            values(&req, "impersonate-extra-example.com%2femail"),
+            vec!["alice@example.com"]
+        );
         assert!(values(&req, "impersonate-uid").is_empty());
         assert!(values(&req, "x-remote-user").is_empty());
         assert!(values(&req, "x-remote-group").is_empty());
@@ -234,6 +289,8 @@ mod tests {
                 upstream_token: "t",
                 identity: Some(&id),
                 upgrade: None,
+                session_id: "s-1",
+                client_ip: Some("10.0.0.7"),
             },
         )
         .unwrap();
@@ -273,6 +330,8 @@ mod tests {
                 upstream_token: "t",
                 identity: Some(&id),
                 upgrade: Some(HeaderValue::from_static("SPDY/3.1")),
+                session_id: "s-1",
+                client_ip: None,
             },
         )
         .unwrap();
@@ -297,6 +356,8 @@ mod tests {
                 upstream_token: "t",
                 identity: Some(&id),
                 upgrade: None,
+                session_id: "s-1",
+                client_ip: Some("10.0.0.7"),
             },
         )
         .unwrap_err();

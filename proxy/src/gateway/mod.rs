@@ -46,6 +46,8 @@ pub struct RequestCtx {
     started: Instant,
     info: Option<RequestInfo>,
     identity: Option<Identity>,
+    /// This request's id: logged, and sent upstream as extra `portcullis.dev/session`.
+    session_id: String,
     upgrade: Option<HeaderValue>,
     streaming: bool,
     _stream: Option<StreamGuard>,
@@ -73,6 +75,29 @@ async fn respond_status(session: &mut Session, status: &Status) -> Result<()> {
         .await
 }
 
+/// A request id unique to this process run and unguessable across runs: a random per-process
+/// prefix (std's hasher keys come from the OS RNG) and a counter. It only correlates logs; it
+/// grants nothing.
+fn new_session_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        );
+        h.finish()
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix:016x}-{n:08x}")
+}
+
 fn is_streaming(info: &RequestInfo, query: Option<&str>, upgrade: bool) -> bool {
     upgrade
         || info.verb == classify::Verb::Watch
@@ -92,6 +117,7 @@ impl ProxyHttp for Gateway {
             started: Instant::now(),
             info: None,
             identity: None,
+            session_id: new_session_id(),
             upgrade: None,
             streaming: false,
             _stream: None,
@@ -132,11 +158,12 @@ impl ProxyHttp for Gateway {
             .map(|v| v.as_bytes());
         match self
             .verifier
-            .verify_header(authorization, Self::now_epoch())
+            .authenticate(authorization, Self::now_epoch())
+            .await
         {
             Ok(identity) => ctx.identity = Some(identity),
             Err(e) => {
-                tracing::info!(reason = %e, "request refused: authentication failed");
+                tracing::info!(session = %ctx.session_id, reason = %e, "request refused: authentication failed");
                 respond_status(session, &Status::unauthorized(e.to_string())).await?;
                 return Ok(true);
             }
@@ -180,7 +207,7 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
@@ -191,11 +218,17 @@ impl ProxyHttp for Gateway {
                 "the gateway's upstream credential is unavailable",
             )
         })?;
+        let client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_string());
         let forwarding = headers::Forwarding {
             authority: &self.upstream.authority,
             upstream_token: &token,
             identity: ctx.identity.as_ref(),
             upgrade: ctx.upgrade.clone(),
+            session_id: &ctx.session_id,
+            client_ip: client_ip.as_deref(),
         };
         headers::prepare_upstream_request(upstream_request, &forwarding)
             .map_err(|e| Error::explain(ErrorType::HTTPStatus(400), e.to_string()))
@@ -277,6 +310,7 @@ impl ProxyHttp for Gateway {
             verb = %verb,
             resource = %resource,
             user = ctx.identity.as_ref().map(|i| i.user.as_str()).unwrap_or("-"),
+            session = %ctx.session_id,
             code,
             elapsed_ms = elapsed.as_millis() as u64,
             error = e.map(|e| e.etype().as_str()).unwrap_or(""),

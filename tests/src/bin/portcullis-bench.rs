@@ -112,6 +112,7 @@ fn main() -> anyhow::Result<()> {
         .map(|n| n.get())
         .unwrap_or(1);
     let clk_tck = clock_ticks_per_second();
+    let load_before = load_average();
     print_machine(&args, cores, &wrk, nginx.as_deref(), &upstream_bin);
 
     let dir = TempDir::new("portcullis-bench")?;
@@ -171,6 +172,7 @@ fn main() -> anyhow::Result<()> {
         );
     }
 
+    let load_after = load_average();
     let report = Report {
         bench: &bench,
         samples: &samples,
@@ -178,7 +180,24 @@ fn main() -> anyhow::Result<()> {
         connections: &args.connections,
     };
     print!("{}", report.render());
+    // The bench itself keeps about all cores busy; what matters is whether something else did.
+    println!(
+        "load average (1 min): {load_before:.2} before, {load_after:.2} right after the bench"
+    );
+    if load_before > 0.5 {
+        println!(
+            "warning: the machine was busy before the bench started; the numbers are unreliable"
+        );
+    }
     Ok(())
+}
+
+/// The 1-minute load average, or NaN where /proc does not say.
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
 }
 
 /// Keys, certificates and tokens every target shares, written into the temp dir.

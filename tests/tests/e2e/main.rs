@@ -5,6 +5,9 @@
 //! process) and tears it down, so nothing outlives a test. The double's request log is the
 //! witness of what the gateway forwarded.
 
+mod mcp;
+mod oidc;
+
 use std::io::{BufRead, BufReader, Write as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -836,11 +839,47 @@ fn bad_config_names_the_key_and_line() -> Result<()> {
         stderr.contains("upstream.colour") && stderr.contains("line 10"),
         "{stderr}"
     );
+
+    // A well-formed config the gateway cannot serve: it must exit, not run half-started with
+    // a healthy admin port.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let busy_addr = busy.local_addr()?;
+    let ca = TestCa::new("bad config CA")?;
+    let tls = ca.write_server(dir.path(), "gw", &["127.0.0.1"])?;
+    let serve = |listen: String, cert: &Path| -> Result<String> {
+        let cfg = dir.path().join("unservable.yaml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "listen:\n  address: {listen}\n  tls:\n    cert_file: {}\n    key_file: {}\nupstream:\n  url: https://127.0.0.1:2\n  credential:\n    token_file: /nonexistent\nidentity:\n  issuers:\n    - issuer: https://i.test\n      audiences: [a]\n      jwks_file: /nonexistent\n",
+                cert.display(),
+                tls.key.display()
+            ),
+        )?;
+        let out = Command::new(harness::portcullis_bin())
+            .arg("serve")
+            .arg("--config")
+            .arg(&cfg)
+            .output()?;
+        ensure!(
+            !out.status.success(),
+            "gateway started with an unservable config"
+        );
+        Ok(String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let stderr = serve(busy_addr.to_string(), &tls.cert)?;
+    ensure!(
+        stderr.contains(&format!("cannot listen on {busy_addr}")),
+        "{stderr}"
+    );
+    let free = format!("127.0.0.1:{}", harness::free_port()?);
+    let stderr = serve(free.clone(), &dir.path().join("missing.crt"))?;
+    ensure!(stderr.contains("cannot read certificate"), "{stderr}");
+    let stderr = serve(free, &tls.ca)?;
+    ensure!(stderr.contains("do not form a usable pair"), "{stderr}");
+    drop(busy);
     Ok(())
 }
-
-#[allow(dead_code)]
-fn unused(_: &Path) {}
 
 /// Opens a watch on a namespace where nothing happens and reports whether the server ended it
 /// before the client's own deadline (seconds).
