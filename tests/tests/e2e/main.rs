@@ -51,8 +51,13 @@ impl Stack {
 
     /// A stack whose gateway config has `extra` YAML appended.
     fn start_with(extra: &str) -> Result<Self> {
+        Self::start_in(TempDir::new("portcullis-e2e")?, extra, "")
+    }
+
+    /// A stack in `dir`; the gateway config gets `extra` appended and trusts `extra_issuers`
+    /// (YAML list items of `identity.issuers`) besides the dev issuer.
+    fn start_in(dir: TempDir, extra: &str, extra_issuers: &str) -> Result<Self> {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let dir = TempDir::new("portcullis-e2e")?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -88,8 +93,17 @@ impl Stack {
             jwks_file: &jwks,
             extra,
         };
+        let yaml = config.yaml().replacen(
+            "identity:\n  issuers:\n",
+            &format!("identity:\n  issuers:\n{extra_issuers}"),
+            1,
+        );
+        ensure!(
+            yaml.contains(extra_issuers),
+            "issuers not inserted:\n{yaml}"
+        );
         let config_path = dir.path().join("portcullis.yaml");
-        std::fs::write(&config_path, config.yaml())?;
+        std::fs::write(&config_path, yaml)?;
         let gateway = GatewayProcess::start(&config_path, api, admin)?;
 
         let client_token = issuer.mint("alice", &["devs", "agents"], 3600)?;

@@ -3,20 +3,17 @@
 //! for two users, the session and client-ip extras upstream, and every kind of bad token refused
 //! with a 401 `Status` and nothing forwarded, without letting forged `kid`s hammer the provider.
 
-use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use portcullis_tests::double::{self, DoubleConfig};
-use portcullis_tests::harness::{self, GatewayConfig, GatewayProcess, OidcProvider, TempDir};
+use portcullis_tests::harness::{self, OidcProvider, TempDir};
 use portcullis_tests::issuer::{now, DevIssuer};
-use portcullis_tests::pki::TestCa;
 use serde_json::{json, Value};
 
-use super::{Stack, AUDIENCE, GATEWAY_UPSTREAM_TOKEN, ISSUER};
+use super::Stack;
 
 /// The provider's audience (its ID tokens' `aud` is `[client_id]`).
 const CLIENT_ID: &str = "portcullis-e2e";
@@ -44,62 +41,7 @@ fn start_with_provider(provider_issuer_url: &str, dir: TempDir) -> Result<Stack>
 /// A [`Stack`] whose gateway trusts `issuers_yaml` (list items of `identity.issuers`) besides the
 /// dev issuer.
 fn start_with_issuers(issuers_yaml: &str, dir: TempDir) -> Result<Stack> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let double_dir = dir.path().join("double");
-    std::fs::create_dir_all(&double_dir)?;
-    let double = rt.block_on(double::start(DoubleConfig::local(
-        &double_dir,
-        GATEWAY_UPSTREAM_TOKEN,
-        "system:serviceaccount:portcullis:gateway",
-    )))?;
-    let ca = TestCa::new("portcullis e2e gateway CA")?;
-    let tls = ca.write_server(dir.path(), "gateway", &["127.0.0.1", "localhost"])?;
-    let issuer = DevIssuer::new(ISSUER, AUDIENCE)?;
-    let jwks = dir.path().join("jwks.json");
-    std::fs::write(&jwks, issuer.jwks_json())?;
-    let token_file = dir.path().join("upstream-token");
-    std::fs::write(&token_file, GATEWAY_UPSTREAM_TOKEN)?;
-    let api = SocketAddr::from(([127, 0, 0, 1], harness::free_port()?));
-    let admin = SocketAddr::from(([127, 0, 0, 1], harness::free_port()?));
-    let config = GatewayConfig {
-        api,
-        admin,
-        tls_cert: &tls.cert,
-        tls_key: &tls.key,
-        upstream_url: &double.url(),
-        upstream_ca: &double.ca_pem_path,
-        upstream_token_file: &token_file,
-        issuer: ISSUER,
-        audience: AUDIENCE,
-        jwks_file: &jwks,
-        extra: "",
-    };
-    let yaml = config.yaml().replacen(
-        "identity:\n  issuers:\n",
-        &format!("identity:\n  issuers:\n{issuers_yaml}"),
-        1,
-    );
-    ensure!(yaml.contains(issuers_yaml), "issuers not inserted:\n{yaml}");
-    let config_path = dir.path().join("portcullis.yaml");
-    std::fs::write(&config_path, yaml)?;
-    let gateway = GatewayProcess::start(&config_path, api, admin)?;
-    let client_token = issuer.mint("alice", &["devs", "agents"], 3600)?;
-    let kubeconfig = dir.path().join("kubeconfig");
-    harness::write_kubeconfig(&kubeconfig, &gateway.url, &tls.ca, &client_token)?;
-    Ok(Stack {
-        rt,
-        double: Some(double),
-        gateway,
-        issuer,
-        gateway_ca: tls.ca,
-        kubeconfig,
-        client_token,
-        dir,
-    })
+    Stack::start_in(dir, "", issuers_yaml)
 }
 
 fn whoami(s: &Stack, token: &str, name: &str) -> Result<Value> {
