@@ -6,6 +6,7 @@
 
 use std::ffi::OsString;
 use std::path::Path;
+use std::time::SystemTime;
 
 use anyhow::{bail, Context, Result};
 
@@ -31,18 +32,26 @@ pub fn run(root: &Path, driver_args: &[OsString]) -> Result<()> {
     let release = crate::target_dir(root).join("release");
     // Both gateway variants share cargo's target dir: build the jemalloc one first and copy it
     // aside, so the plain build that follows leaves `release/portcullis` as everyone expects.
-    // Cargo caches both feature sets, so after the first run neither build recompiles much.
-    process::run(crate::cargo(root).args([
-        "build",
-        "--release",
-        "-p",
-        "portcullis",
-        "--features",
-        "jemalloc",
-    ]))?;
+    // Cargo keeps one artifact per crate whatever its features, so every switch recompiles the
+    // gateway (minutes on a small machine): the copy is reused while no input is newer.
     let jemalloc = release.join("portcullis-jemalloc");
-    std::fs::copy(release.join("portcullis"), &jemalloc)
-        .with_context(|| format!("copying the jemalloc build to {}", jemalloc.display()))?;
+    if modified(&jemalloc).is_some_and(|built| newest_input(root).is_some_and(|n| n < built)) {
+        eprintln!(
+            "{} is newer than every gateway source: not rebuilt",
+            jemalloc.display()
+        );
+    } else {
+        process::run(crate::cargo(root).args([
+            "build",
+            "--release",
+            "-p",
+            "portcullis",
+            "--features",
+            "jemalloc",
+        ]))?;
+        std::fs::copy(release.join("portcullis"), &jemalloc)
+            .with_context(|| format!("copying the jemalloc build to {}", jemalloc.display()))?;
+    }
     process::run(crate::cargo(root).args(["build", "--release", "-p", "portcullis"]))?;
     process::run(crate::cargo(root).args([
         "build",
@@ -66,6 +75,30 @@ pub fn run(root: &Path, driver_args: &[OsString]) -> Result<()> {
         .arg(release.join("bench-upstream"))
         .args(driver_args);
     process::run(&mut driver)
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    path.metadata().and_then(|m| m.modified()).ok()
+}
+
+/// The newest modification time among the gateway's inputs: the proxy crate and the
+/// workspace manifest and lock file. `None` if any cannot be read (then: rebuild).
+fn newest_input(root: &Path) -> Option<SystemTime> {
+    fn walk(path: &Path, newest: &mut SystemTime) -> Option<()> {
+        let meta = path.metadata().ok()?;
+        *newest = (*newest).max(meta.modified().ok()?);
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(path).ok()? {
+                walk(&entry.ok()?.path(), newest)?;
+            }
+        }
+        Some(())
+    }
+    let mut newest = SystemTime::UNIX_EPOCH;
+    for input in ["proxy", "Cargo.toml", "Cargo.lock"] {
+        walk(&root.join(input), &mut newest)?;
+    }
+    Some(newest)
 }
 
 /// nginx lives in /usr/sbin, which is not on every user's PATH.

@@ -112,7 +112,6 @@ fn main() -> anyhow::Result<()> {
         .map(|n| n.get())
         .unwrap_or(1);
     let clk_tck = clock_ticks_per_second();
-    let load_before = load_average();
     print_machine(&args, cores, &wrk, nginx.as_deref(), &upstream_bin);
 
     let dir = TempDir::new("portcullis-bench")?;
@@ -156,6 +155,8 @@ fn main() -> anyhow::Result<()> {
 
     let mut samples: BTreeMap<(usize, u32), Vec<Sample>> = BTreeMap::new();
     let started = Instant::now();
+    let machine_before = machine_ticks()?;
+    let own_before = bench.own_ticks()?;
     for round in 1..=args.rounds {
         for &connections in &args.connections {
             for i in 0..bench.targets.len() {
@@ -172,7 +173,11 @@ fn main() -> anyhow::Result<()> {
         );
     }
 
-    let load_after = load_average();
+    let foreign = foreign_share(
+        machine_before,
+        machine_ticks()?,
+        bench.own_ticks()? - own_before,
+    );
     let report = Report {
         bench: &bench,
         samples: &samples,
@@ -180,24 +185,38 @@ fn main() -> anyhow::Result<()> {
         connections: &args.connections,
     };
     print!("{}", report.render());
-    // The bench itself keeps about all cores busy; what matters is whether something else did.
     println!(
-        "load average (1 min): {load_before:.2} before, {load_after:.2} right after the bench"
+        "CPU used by other processes during the measurements: {:.1}% of the machine",
+        foreign * 100.0
     );
-    if load_before > 0.5 {
-        println!(
-            "warning: the machine was busy before the bench started; the numbers are unreliable"
-        );
+    if foreign > 0.1 {
+        println!("warning: something else was busy on this machine; the numbers are unreliable");
     }
     Ok(())
 }
 
-/// The 1-minute load average, or NaN where /proc does not say.
-fn load_average() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(f64::NAN)
+/// Machine-wide (busy, total) jiffies from /proc/stat. Busy is user + nice + system: interrupt
+/// time is left out because the benchmark's own loopback traffic causes most of it.
+fn machine_ticks() -> anyhow::Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat.lines().next().context("empty /proc/stat")?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    if v.len() < 8 {
+        bail!("short /proc/stat cpu line");
+    }
+    Ok((v[0] + v[1] + v[2], v.iter().sum()))
+}
+
+/// Share of the machine's CPU time that went to processes this benchmark did not start.
+fn foreign_share(before: (u64, u64), after: (u64, u64), own: u64) -> f64 {
+    let busy = after.0.saturating_sub(before.0);
+    let total = after.1.saturating_sub(before.1).max(1);
+    busy.saturating_sub(own) as f64 / total as f64
 }
 
 /// Keys, certificates and tokens every target shares, written into the temp dir.
@@ -442,6 +461,22 @@ impl Bench {
             proxy_ticks,
             upstream_ticks,
         })
+    }
+
+    /// CPU ticks of everything the benchmark runs: the servers, and this process with its
+    /// reaped children (every wrk run).
+    fn own_ticks(&self) -> anyhow::Result<u64> {
+        let own = stat_fields(std::process::id())?;
+        let mut total = 0;
+        // utime, stime, cutime, cstime (fields 14 to 17).
+        for field in own.get(11..15).context("short /proc/self/stat")? {
+            total += field.parse::<u64>()?;
+        }
+        total += self.upstream.cpu_ticks()?;
+        for process in &self.procs {
+            total += process.cpu_ticks()?;
+        }
+        Ok(total)
     }
 
     fn target_log(&self, i: usize) -> String {
