@@ -248,3 +248,25 @@ fn ensure_cmake() -> Result<()> {
         "cmake",
     ]))
 }
+
+#[cfg(test)]
+mod tests {
+    /// The gateway must not link OpenSSL or BoringSSL: rustls only (issue #2).
+    #[test]
+    fn lock_file_has_no_openssl_or_boringssl() {
+        let lock = std::fs::read_to_string(super::workspace_root().join("Cargo.lock")).unwrap();
+        for forbidden in [
+            "openssl",
+            "openssl-sys",
+            "boring",
+            "boring-sys",
+            "native-tls",
+        ] {
+            assert!(
+                !lock.contains(&format!("name = \"{forbidden}\"")),
+                "Cargo.lock contains {forbidden}"
+            );
+        }
+        assert!(lock.contains("name = \"rustls\""));
+    }
+}

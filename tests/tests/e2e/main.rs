@@ -957,3 +957,48 @@ fn streams_have_no_timeout_unless_an_idle_timeout_is_configured() -> Result<()> 
     );
     Ok(())
 }
+
+#[test]
+fn json_logs_are_structured_and_never_contain_tokens() -> Result<()> {
+    let s = Stack::start_with("logging:\n  format: json\n")?;
+    s.kubectl(&["get", "pods"])?;
+    let bad = s.dir.path().join("bad-kubeconfig");
+    let forged = DevIssuer::new(ISSUER, AUDIENCE)?.mint("mallory", &[], 600)?;
+    harness::write_kubeconfig(&bad, &s.gateway.url, &s.gateway_ca, &forged)?;
+    let _ = Command::new(harness::kubectl()?)
+        .arg("--kubeconfig")
+        .arg(&bad)
+        .args(["get", "pods"])
+        .env("HOME", s.dir.path())
+        .output()?;
+    let log = s.gateway.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<std::result::Result<_, _>>()
+        .with_context(|| format!("a log line is not JSON:\n{log}"))?;
+    ensure!(
+        lines.iter().any(|l| l["fields"]["verb"] == "list"
+            && l["fields"]["resource"] == "pods"
+            && l["fields"]["user"] == "oidc:alice"
+            && l["fields"]["code"] == 200),
+        "no structured request line for the list:\n{log}"
+    );
+    ensure!(
+        lines.iter().any(|l| l["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("authentication failed"))),
+        "the refused request was not logged:\n{log}"
+    );
+    for secret in [
+        s.client_token.as_str(),
+        forged.as_str(),
+        GATEWAY_UPSTREAM_TOKEN,
+    ] {
+        ensure!(
+            !log.contains(secret),
+            "a token appears in the gateway's log"
+        );
+    }
+    Ok(())
+}
