@@ -79,6 +79,9 @@ async fn dispatch(
             if matches!(path.subresource.as_deref(), Some("exec" | "attach")) {
                 return exec(state, req, &path, user);
             }
+            if path.subresource.as_deref() == Some("portforward") {
+                return port_forward(state, req, &path);
+            }
             let (parts, body) = req.into_parts();
             let body = read_body(body).await?;
             let query = Query::parse(parts.uri.query());
@@ -160,6 +163,47 @@ fn exec(
             result = exec::run(TokioIo::new(upgraded), protocol, request) => {
                 if let Err(e) = result {
                     tracing::debug!(error = %e, "exec session ended with an error");
+                }
+            }
+            _ = shutdown.changed() => {}
+        }
+    });
+    let mut response = Response::new(respond::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    response.headers_mut().extend(headers);
+    Ok(response)
+}
+
+/// pods/portforward: answer 101 and serve the echo "pod ports" on the upgraded connection in its own task.
+fn port_forward(
+    state: &Arc<State>,
+    mut req: Request<Incoming>,
+    path: &ResourcePath,
+) -> Result<Response<Body>, ApiError> {
+    if !matches!(*req.method(), Method::GET | Method::POST) {
+        return Err(ApiError::method_not_allowed());
+    }
+    let namespace = path.namespace.clone().unwrap_or_default();
+    let name = path.name.clone().unwrap_or_default();
+    state
+        .store
+        .get(path.resource, &namespace, &name)
+        .ok_or_else(|| ApiError::not_found(path.resource, &name))?;
+    let (headers, transport) = exec::portforward::negotiate(req.headers()).map_err(exec_error)?;
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let mut shutdown = state.shutdown.clone();
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(error = %e, "port-forward upgrade did not complete");
+                return;
+            }
+        };
+        tokio::select! {
+            result = exec::portforward::run(TokioIo::new(upgraded), transport) => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "port-forward session ended with an error");
                 }
             }
             _ = shutdown.changed() => {}

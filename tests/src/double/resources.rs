@@ -185,6 +185,13 @@ pub static RESOURCES: &[ResourceDef] = &[
                 verbs: &["get"],
             },
             SubresourceDef {
+                name: "portforward",
+                kind: "PodPortForwardOptions",
+                group: "",
+                version: "",
+                verbs: &["create", "get"],
+            },
+            SubresourceDef {
                 name: "status",
                 kind: "Pod",
                 group: "",

@@ -1002,3 +1002,88 @@ fn json_logs_are_structured_and_never_contain_tokens() -> Result<()> {
     }
     Ok(())
 }
+
+/// Kills the `kubectl port-forward` child however the test ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn port_forward_echoes_through_the_gateway() -> Result<()> {
+    let s = Stack::start()?;
+    for (label, upgrade, env) in [
+        (
+            "spdy",
+            "spdy/3.1",
+            vec![("KUBECTL_PORT_FORWARD_WEBSOCKETS", "false")],
+        ),
+        (
+            "websocket",
+            "websocket",
+            vec![("KUBECTL_PORT_FORWARD_WEBSOCKETS", "true")],
+        ),
+    ] {
+        let before = s.log().len();
+        let port = harness::free_port()?;
+        let mapping = format!("{port}:8080");
+        let mut cmd = s.kubectl_cmd(&["port-forward", "pod/web-0", &mapping])?;
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        let mut child = KillOnDrop(
+            cmd.stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .context("starting kubectl port-forward")?,
+        );
+        let stdout = child.0.stdout.take().context("no stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains("Forwarding from") => break,
+                Ok(_) => {}
+                Err(_) => {
+                    drop(child);
+                    bail!("{label}: kubectl port-forward never said it was forwarding");
+                }
+            }
+        }
+        let payload = format!("ping over {label} port-forward\n").repeat(100);
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+        conn.write_all(payload.as_bytes())?;
+        let mut echoed = vec![0u8; payload.len()];
+        std::io::Read::read_exact(&mut conn, &mut echoed)
+            .with_context(|| format!("{label}: reading the echo"))?;
+        ensure!(echoed == payload.as_bytes(), "{label}: echo differs");
+        drop(conn);
+
+        let log = s.log();
+        ensure!(
+            log[before..].iter().any(|e| e.path
+                == "/api/v1/namespaces/default/pods/web-0/portforward"
+                && e.status == 101
+                && e.http_version == "HTTP/1.1"
+                && e.upgrade
+                    .as_deref()
+                    .is_some_and(|u| u.eq_ignore_ascii_case(upgrade))),
+            "{label}: no upgraded portforward request reached the double: {:?}",
+            &log[before..]
+        );
+    }
+    Ok(())
+}

@@ -8,6 +8,7 @@
 
 mod channel;
 mod commands;
+pub mod portforward;
 mod spdy;
 mod websocket;
 
