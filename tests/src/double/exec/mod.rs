@@ -267,6 +267,30 @@ fn header_value(value: &str) -> Result<HeaderValue, ExecError> {
     HeaderValue::from_str(value).map_err(|_| ExecError::bad_request("header value is not valid"))
 }
 
+/// The start every upgrade handshake shares: `Connection: Upgrade` and a non-empty `Upgrade`.
+/// Returns the offered upgrade tokens and the 101 response headers begun with `Connection`.
+pub(crate) fn upgrade_offer(headers: &HeaderMap) -> Result<(Vec<&str>, HeaderMap), ExecError> {
+    let upgrades = header_tokens(headers, UPGRADE.as_str());
+    let connection_upgrade = header_tokens(headers, CONNECTION.as_str())
+        .iter()
+        .any(|t| t.eq_ignore_ascii_case("upgrade"));
+    if !connection_upgrade || upgrades.is_empty() {
+        return Err(ExecError::bad_request("Upgrade request required"));
+    }
+    let mut response = HeaderMap::new();
+    response.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    Ok((upgrades, response))
+}
+
+/// The client's non-empty `Sec-WebSocket-Key`.
+pub(crate) fn websocket_key(headers: &HeaderMap) -> Result<&[u8], ExecError> {
+    headers
+        .get(SEC_WEBSOCKET_KEY)
+        .map(|k| k.as_bytes())
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| ExecError::bad_request("missing Sec-WebSocket-Key"))
+}
+
 /// Formats a list the way Go's `%v` prints a `[]string`.
 fn go_list(items: &[&str]) -> String {
     format!("[{}]", items.join(" "))
@@ -277,22 +301,10 @@ fn go_list(items: &[&str]) -> String {
 /// Errors carry the HTTP status (400, or 403 when no SPDY protocol version matches, as the kubelet answers) and the
 /// message to answer with.
 pub fn negotiate(headers: &HeaderMap) -> Result<(HeaderMap, StreamProtocol), ExecError> {
-    let upgrades = header_tokens(headers, UPGRADE.as_str());
-    let connection_upgrade = header_tokens(headers, CONNECTION.as_str())
-        .iter()
-        .any(|t| t.eq_ignore_ascii_case("upgrade"));
-    if !connection_upgrade || upgrades.is_empty() {
-        return Err(ExecError::bad_request("Upgrade request required"));
-    }
-    let mut response = HeaderMap::new();
-    response.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    let (upgrades, mut response) = upgrade_offer(headers)?;
 
     if upgrades.iter().any(|u| u.eq_ignore_ascii_case("websocket")) {
-        let key = headers
-            .get(SEC_WEBSOCKET_KEY)
-            .map(|k| k.as_bytes())
-            .filter(|k| !k.is_empty())
-            .ok_or_else(|| ExecError::bad_request("missing Sec-WebSocket-Key"))?;
+        let key = websocket_key(headers)?;
         if let Some(version) = headers.get(SEC_WEBSOCKET_VERSION) {
             if version.as_bytes() != b"13" {
                 return Err(ExecError::bad_request(

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
-use http::header::{CONNECTION, UPGRADE};
+use http::header::UPGRADE;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
@@ -24,8 +24,8 @@ use super::spdy::frame::{
     SETTINGS_INITIAL_WINDOW_SIZE,
 };
 use super::{
-    header_tokens, header_value as response_header, ExecError, SEC_WEBSOCKET_ACCEPT,
-    SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL, X_STREAM_PROTOCOL_VERSION,
+    header_tokens, header_value as response_header, upgrade_offer, websocket_key, ExecError,
+    SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_PROTOCOL, X_STREAM_PROTOCOL_VERSION,
 };
 
 /// The X-Stream-Protocol-Version of port forwarding over SPDY.
@@ -50,22 +50,10 @@ pub enum Transport {
 
 /// Decides the transport from the request headers and returns the headers of the 101 response.
 pub fn negotiate(headers: &HeaderMap) -> Result<(HeaderMap, Transport), ExecError> {
-    let upgrades = header_tokens(headers, UPGRADE.as_str());
-    let connection_upgrade = header_tokens(headers, CONNECTION.as_str())
-        .iter()
-        .any(|t| t.eq_ignore_ascii_case("upgrade"));
-    if !connection_upgrade || upgrades.is_empty() {
-        return Err(ExecError::bad_request("Upgrade request required"));
-    }
-    let mut response = HeaderMap::new();
-    response.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    let (upgrades, mut response) = upgrade_offer(headers)?;
 
     if upgrades.iter().any(|u| u.eq_ignore_ascii_case("websocket")) {
-        let key = headers
-            .get(SEC_WEBSOCKET_KEY)
-            .map(|k| k.as_bytes())
-            .filter(|k| !k.is_empty())
-            .ok_or_else(|| ExecError::bad_request("missing Sec-WebSocket-Key"))?;
+        let key = websocket_key(headers)?;
         let offered = header_tokens(headers, SEC_WEBSOCKET_PROTOCOL);
         if !offered.contains(&TUNNEL_PROTOCOL) {
             return Err(ExecError::bad_request(format!(
