@@ -49,6 +49,15 @@ pub struct Config {
     pub server: Server,
     #[serde(default)]
     pub logging: Logging,
+    /// Who may do what (see `policy`). Absent: everything but discovery is denied.
+    #[serde(default)]
+    pub policy: crate::policy::PolicyConfig,
+    /// Mask profiles (see `mask`); the built-in `default` profile always exists.
+    #[serde(default)]
+    pub mask: crate::mask::MaskConfig,
+    /// The audit log and session recordings (see `record`).
+    #[serde(default)]
+    pub record: crate::record::RecordConfig,
     /// Turn off authentication, classification and impersonation: bare passthrough with the
     /// gateway's credential. Only for the benchmark's baseline; refused unless set explicitly.
     #[serde(default)]
