@@ -118,6 +118,91 @@ pub enum Credential {
     },
     /// The pod's own service account (KUBERNETES_SERVICE_HOST and the mounted token and CA).
     InCluster,
+    /// An EKS cluster: base AWS credentials from the standard chain, an assumed role, and
+    /// `k8s-aws-v1.` tokens presigned with it (see `upstream::eks` and docs/eks.md).
+    Eks(Eks),
+}
+
+/// `upstream.credential.eks`: how the gateway becomes an IAM principal EKS recognises.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Eks {
+    /// The EKS cluster's name, signed into every token as `x-k8s-aws-id`.
+    pub cluster_name: String,
+    /// The cluster's AWS region (also the regional STS endpoint the token names).
+    pub region: String,
+    /// The role the gateway assumes; its access entry (or aws-auth mapping) grants impersonation.
+    pub role_arn: String,
+    pub external_id: Option<String>,
+    /// Role session name; `{user}` becomes the caller's username made safe for STS, so EKS
+    /// audit and CloudTrail name who acted. Without `{user}` one fixed session serves everyone.
+    #[serde(default = "default_eks_session_name")]
+    pub session_name: String,
+    /// STS endpoint URL instead of `https://sts.<region>.amazonaws.com` (tests, VPC endpoints).
+    pub sts_endpoint: Option<String>,
+    /// A token is replaced after this many seconds (EKS accepts one for 15 minutes).
+    #[serde(default = "default_eks_token_refresh")]
+    pub token_refresh_seconds: u64,
+    /// `DurationSeconds` of each AssumeRole.
+    #[serde(default = "default_eks_role_duration")]
+    pub role_duration_seconds: u32,
+    /// At most this many per-caller sessions are cached; the least recently used goes first.
+    #[serde(default = "default_eks_max_sessions")]
+    pub max_sessions: usize,
+}
+
+pub const EKS_USER_PLACEHOLDER: &str = "{user}";
+
+fn default_eks_session_name() -> String {
+    format!("portcullis-{EKS_USER_PLACEHOLDER}")
+}
+
+fn default_eks_token_refresh() -> u64 {
+    600
+}
+
+fn default_eks_role_duration() -> u32 {
+    3600
+}
+
+fn default_eks_max_sessions() -> usize {
+    1024
+}
+
+impl Eks {
+    fn validate(&self) -> Result<(), String> {
+        let is_session_char =
+            |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '+' | '=' | ',' | '.' | '@' | '-');
+        if self.cluster_name.is_empty() || self.region.is_empty() {
+            return Err("`cluster_name` and `region` must not be empty".into());
+        }
+        if !self.role_arn.starts_with("arn:") || !self.role_arn.contains(":role/") {
+            return Err(format!("`role_arn` {:?} is not an IAM role ARN", self.role_arn));
+        }
+        let fixed = self.session_name.replace(EKS_USER_PLACEHOLDER, "");
+        if !fixed.chars().all(is_session_char) {
+            return Err(format!(
+                "`session_name` {:?}: besides {EKS_USER_PLACEHOLDER} only letters, digits and _+=,.@- are allowed",
+                self.session_name
+            ));
+        }
+        if fixed.len() > 48 {
+            return Err("`session_name` leaves no room for the user: keep the fixed part within 48 characters".into());
+        }
+        if !self.session_name.contains(EKS_USER_PLACEHOLDER) && fixed.len() < 2 {
+            return Err("`session_name` must be at least 2 characters".into());
+        }
+        if !(60..=840).contains(&self.token_refresh_seconds) {
+            return Err("`token_refresh_seconds` must be between 60 and 840 (tokens live 15 minutes)".into());
+        }
+        if !(900..=43200).contains(&self.role_duration_seconds) {
+            return Err("`role_duration_seconds` must be between 900 and 43200 (STS limits)".into());
+        }
+        if self.max_sessions == 0 {
+            return Err("`max_sessions` must be at least 1".into());
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -383,6 +468,13 @@ impl Config {
             if self.upstream.url.is_none() {
                 return Err("upstream.url is required with a token_file credential".into());
             }
+        }
+        if let Credential::Eks(eks) = &self.upstream.credential {
+            if self.upstream.url.is_none() {
+                return Err("upstream.url is required with an eks credential".into());
+            }
+            eks.validate()
+                .map_err(|m| format!("upstream.credential.eks: {m}"))?;
         }
         if self.server.threads == Some(0) {
             return Err("server.threads must be at least 1".into());

@@ -20,7 +20,10 @@ use crate::admin::AdminApp;
 use crate::config::{Config, LogFormat};
 use crate::gateway::Gateway;
 use crate::identity::Verifier;
+use crate::mask::Masker;
 use crate::metrics::Metrics;
+use crate::policy::{spawn_reloader_thread, Policy, PolicyHandle, PolicyReloader};
+use crate::record::Recorder;
 use crate::upstream::Upstream;
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +40,14 @@ pub enum ServeError {
     Listen(String),
     #[error("cannot start the start-up runtime: {0}")]
     Runtime(std::io::Error),
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
+    #[error(transparent)]
+    Mask(#[from] crate::mask::MaskError),
+    #[error("audit store: {0}")]
+    Record(#[from] crate::record::RecordError),
+    #[error("cannot start the policy reloader: {0}")]
+    Reloader(std::io::Error),
 }
 
 /// The refresher looks at its schedule at least this often (and at most once a second), so a
@@ -118,8 +129,19 @@ fn preflight(config: &Config) -> Result<(), ServeError> {
 }
 
 /// Build everything and run until a signal stops the server. Returns only on start-up errors.
-pub fn run(config: Config) -> Result<(), ServeError> {
+/// `config_path` is watched: a valid change to its `policy:` section (or the policy files it
+/// names) takes effect without a restart.
+pub fn run(config: Config, config_path: &Path) -> Result<(), ServeError> {
     preflight(&config)?;
+    let base_dir = config_path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let policy = PolicyHandle::new(Policy::from_config(&config.policy, &base_dir)?);
+    if config.policy.rules.is_empty() && config.policy.files.is_empty() {
+        tracing::warn!("no policy rules configured: every request except discovery is denied");
+    }
+    let masker = Arc::new(Masker::from_config(&config.mask)?);
     let startup = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -137,6 +159,18 @@ pub fn run(config: Config) -> Result<(), ServeError> {
     }
     drop(startup);
     let metrics = Arc::new(Metrics::new()?);
+    let recorder = if config.record.enabled() {
+        Some(Recorder::open(&config.record, metrics.recorder.clone())?)
+    } else {
+        tracing::warn!("record.path is not set: NO audit log and NO session recordings");
+        None
+    };
+    let _reloader = spawn_reloader_thread(PolicyReloader::for_config_file(
+        policy.clone(),
+        config_path.to_path_buf(),
+        metrics.policy_reloads.clone(),
+    ))
+    .map_err(ServeError::Reloader)?;
 
     let mut conf = ServerConf {
         threads: worker_threads(config.server.threads),
@@ -161,6 +195,9 @@ pub fn run(config: Config) -> Result<(), ServeError> {
         verifier: Arc::clone(&verifier),
         upstream,
         metrics: Arc::clone(&metrics),
+        policy,
+        masker,
+        recorder,
         passthrough: config.benchmark_passthrough,
         connect_timeout: Duration::from_secs(config.upstream.connect_timeout_seconds),
         stream_idle_timeout: config.streams.idle_timeout_seconds.map(Duration::from_secs),

@@ -89,9 +89,21 @@ impl GatewayProcess {
     /// Start `portcullis serve --config <config_path>` and wait until the admin port answers
     /// `/healthz` and the API port accepts connections.
     pub fn start(config_path: &Path, api: SocketAddr, admin: SocketAddr) -> anyhow::Result<Self> {
+        Self::start_with_env(config_path, api, admin, &[])
+    }
+
+    /// [`Self::start`] with extra environment variables for the gateway process (e.g. AWS
+    /// credentials for the standard chain).
+    pub fn start_with_env(
+        config_path: &Path,
+        api: SocketAddr,
+        admin: SocketAddr,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let stderr_path = config_path.with_extension("log");
         let stderr = std::fs::File::create(&stderr_path)?;
         let child = Command::new(portcullis_bin())
+            .envs(env.iter().copied())
             .arg("serve")
             .arg("--config")
             .arg(config_path)
@@ -254,8 +266,47 @@ server:
             audience = self.audience,
             jwks = self.jwks_file.display(),
             extra = self.extra,
-        )
+        ) + &self.defaults()
     }
+
+    /// What a test gets unless its `extra` brings its own: an allow-all policy, and an audit
+    /// store (with a generated signing key) beside the TLS files.
+    fn defaults(&self) -> String {
+        let mut out = String::new();
+        if !has_top_level_key(self.extra, "policy") {
+            out.push_str(ALLOW_ALL_POLICY);
+        }
+        if !has_top_level_key(self.extra, "record") {
+            let dir = self.tls_cert.parent().unwrap_or(Path::new("."));
+            out.push_str(&format!(
+                "record:\n  path: {}\n  signing_key_file: {}\n  generate_signing_key: true\n",
+                dir.join("audit-store").display(),
+                dir.join("audit-signing-key.pem").display()
+            ));
+        }
+        out
+    }
+}
+
+/// The policy tests get unless they bring their own: every authenticated caller may do anything
+/// (secrets are still masked by the default profile). Tests of the policy itself replace it.
+pub const ALLOW_ALL_POLICY: &str = r#"policy:
+  rules:
+    - name: e2e-allow-all-resources
+      subjects: {users: ["*"]}
+      verbs: ["*"]
+      resources: ["*"]
+      action: allow
+    - name: e2e-allow-all-urls
+      subjects: {users: ["*"]}
+      verbs: ["*"]
+      non_resource_urls: ["*"]
+      action: allow
+"#;
+
+fn has_top_level_key(yaml: &str, key: &str) -> bool {
+    yaml.lines()
+        .any(|l| l.strip_prefix(key).is_some_and(|rest| rest.starts_with(':')))
 }
 
 /// A minimal HTTP/1.1 request (`Connection: close`) over plain TCP to a loopback peer.
@@ -468,6 +519,75 @@ impl OidcProvider {
 }
 
 impl Drop for OidcProvider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The AWS STS stand-in (PyPI `moto[server]`, installed by `cargo xtask peers`) on a free
+/// loopback port, plain HTTP. Killed when dropped.
+pub struct Moto {
+    child: Child,
+    pub addr: SocketAddr,
+    pub stderr_path: PathBuf,
+}
+
+impl Moto {
+    /// Start `moto_server -H 127.0.0.1 -p <port>`, logging to `<dir>/moto.log`, and wait until
+    /// its state endpoint answers.
+    pub fn start(dir: &Path) -> anyhow::Result<Self> {
+        let bin = peer("PORTCULLIS_MOTO_SERVER", ".peers/venv/bin/moto_server")?;
+        let port = free_port()?;
+        let stderr_path = dir.join("moto.log");
+        let stderr = std::fs::File::create(&stderr_path)?;
+        let child = Command::new(bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .context("starting moto_server")?;
+        let mut moto = Self {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            stderr_path,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = moto.child.try_wait()? {
+                bail!("moto_server exited early ({status}):\n{}", moto.log());
+            }
+            if moto.data().is_ok() {
+                return Ok(moto);
+            }
+            if Instant::now() > deadline {
+                bail!("moto_server did not answer in 60 s:\n{}", moto.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`, the STS endpoint override.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// moto's whole state (`/moto-api/data.json`), e.g. `["sts"]["AssumedRole"]`.
+    pub fn data(&self) -> anyhow::Result<serde_json::Value> {
+        let (code, _, body) = http_plain(self.addr, "GET", "/moto-api/data.json", None, b"")?;
+        if code != 200 {
+            bail!("/moto-api/data.json answered {code}");
+        }
+        Ok(serde_json::from_slice(&body)?)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+}
+
+impl Drop for Moto {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -5,6 +5,8 @@
 //! the demo installing cmake (announced) so it works on a fresh machine.
 
 mod bench;
+mod ebpf;
+mod fuzz;
 mod peers;
 mod process;
 
@@ -46,12 +48,22 @@ enum Task {
     Demo,
     /// Print `export` lines for the peer env vars, for running `cargo test` by hand.
     Env,
+    /// Build the kernel-side eBPF object the gateway embeds (installs LLVM 22 packages as root,
+    /// rust-src on nightly and bpf-linker if missing).
+    BuildEbpf,
     /// Build release binaries and compare the gateway with a direct connection and nginx
     /// (needs wrk and nginx); prints numbers, asserts nothing.
     Bench {
         /// Extra arguments for the benchmark driver, after `--` (e.g. `-- --rounds 2`).
         #[arg(last = true)]
         driver_args: Vec<OsString>,
+    },
+    /// Fuzz the session-recording stream decoders (`fuzz/`, cargo-fuzz on nightly; installs
+    /// nightly and cargo-fuzz if missing), every target for a share of the time.
+    Fuzz {
+        /// Total fuzzing time in seconds, split evenly between the targets.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
     },
 }
 
@@ -64,6 +76,8 @@ fn main() -> ExitCode {
         Task::Lint => lint(&root),
         Task::Ci { cargo_test_args } => ci(&root, &cargo_test_args),
         Task::Bench { driver_args } => bench::run(&root, &driver_args),
+        Task::BuildEbpf => ebpf::build(&root),
+        Task::Fuzz { seconds } => fuzz::run(&root, seconds),
         Task::Demo => demo(&root),
         Task::Env => {
             for (name, value) in test_env(&root) {

@@ -12,7 +12,10 @@
 //! Must never: forward a request without a verified identity (except in the explicit benchmark
 //! passthrough mode), forward the client's credential, or log a token.
 
+pub mod audit;
+pub mod enforce;
 pub mod headers;
+pub mod recording;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -27,14 +30,25 @@ use pingora::upstreams::peer::{HttpUpstreamRequestPolicy, ALPN};
 
 use crate::classify::{self, RequestInfo};
 use crate::identity::{Identity, Verifier};
+use crate::mask::{MaskProfile, Masker, ResponseMasker};
 use crate::metrics::{Metrics, StreamGuard};
+use crate::policy::{MaskChoice, PolicyHandle, RecordLevel, Subject};
+use crate::record::frames::{Direction, StreamProtocol};
+use crate::record::Recorder;
 use crate::status::Status;
 use crate::upstream::Upstream;
+use enforce::Verdict;
+use recording::SessionRecording;
 
 pub struct Gateway {
     pub verifier: Arc<Verifier>,
     pub upstream: Arc<Upstream>,
     pub metrics: Arc<Metrics>,
+    /// The policy in force (hot-reloaded elsewhere); taken once per request.
+    pub policy: PolicyHandle,
+    pub masker: Arc<Masker>,
+    /// The audit log and session recordings; `None` only when `record.path` is not configured.
+    pub recorder: Option<Recorder>,
     /// Benchmark baseline only: no authentication, classification or impersonation.
     pub passthrough: bool,
     pub connect_timeout: Duration,
@@ -51,15 +65,184 @@ pub struct RequestCtx {
     upgrade: Option<HeaderValue>,
     streaming: bool,
     _stream: Option<StreamGuard>,
+    /// The mask profile responses to this request go through, if one applies.
+    mask: Option<Arc<MaskProfile>>,
+    response_masker: Option<ResponseMasker>,
+    /// Record exec/attach/port-forward contents (the rule's `record` obligation).
+    record_session: bool,
+    session: Option<SessionRecording>,
+    /// The audit seq of this request's decision entry, for its completion entry.
+    audit_seq: Option<u64>,
+    upstream_status: Option<u16>,
+    request_bytes: u64,
+    response_bytes: u64,
+    /// The gateway's token sent upstream, so a 401 can retire exactly that token.
+    upstream_token: Option<Arc<str>>,
+}
+
+/// A session that cannot be decoded or recorded ends; the client sees the connection close.
+fn end_session(e: recording::RecordingError, session_id: &str) -> Box<Error> {
+    tracing::warn!(session = %session_id, error = %e, "ending a session that cannot be recorded");
+    Error::explain(ErrorType::HTTPStatus(502), "session recording failed")
+}
+
+fn client_ip(session: &Session) -> Option<String> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip().to_string())
 }
 
 impl Gateway {
+    /// Policy, then the audit record: `Ok(true)` to forward. Refusals are answered here.
+    async fn decide(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let (Some(info), Some(identity)) = (ctx.info.as_ref(), ctx.identity.as_ref()) else {
+            respond_status(session, &Status::from_code(500, "request state lost")).await?;
+            return Ok(false);
+        };
+        let subject = Subject {
+            user: &identity.user,
+            groups: &identity.groups,
+            issuer: &identity.issuer,
+        };
+        let decision = self
+            .policy
+            .current()
+            .decide(&subject, info, SystemTime::now());
+        let (rule, obligations) = match enforce::verdict(decision) {
+            Verdict::Forward { rule, obligations } => (rule, obligations),
+            Verdict::Refuse { rule, status, held } => {
+                tracing::info!(session = %ctx.session_id, user = %identity.user, rule = rule.as_deref().unwrap_or("-"), held, "request refused by policy");
+                if let Some(recorder) = &self.recorder {
+                    let entry = audit::request_entry(audit::Decided {
+                        id: &ctx.session_id,
+                        client_addr: client_ip(session),
+                        user_agent: user_agent(session),
+                        identity: Some(identity),
+                        info,
+                        allowed: false,
+                        reason: Some(status.message.clone()),
+                        rule,
+                        status: Some(status.code),
+                    });
+                    // A refusal forwards nothing, so a failed record cannot let anything
+                    // through; it is logged loudly instead of turning a 403 into a 503.
+                    if let Err(e) = recorder.append(entry) {
+                        tracing::error!(session = %ctx.session_id, error = %e, "cannot append the audit record of a refused request");
+                    }
+                }
+                respond_status(session, &status).await?;
+                return Ok(false);
+            }
+        };
+        if let MaskChoice::Profile(name) = &obligations.mask {
+            let Some(profile) = self.masker.profile(name) else {
+                tracing::error!(session = %ctx.session_id, profile = %name, "the policy names a mask profile that does not exist");
+                respond_status(
+                    session,
+                    &Status::from_code(500, "the gateway's policy names an unknown mask profile"),
+                )
+                .await?;
+                return Ok(false);
+            };
+            if profile.applies_to(info) {
+                ctx.mask = Some(profile);
+            }
+        }
+        ctx.record_session = obligations.record == RecordLevel::Full;
+        if let Some(recorder) = &self.recorder {
+            let entry = audit::request_entry(audit::Decided {
+                id: &ctx.session_id,
+                client_addr: client_ip(session),
+                user_agent: user_agent(session),
+                identity: Some(identity),
+                info,
+                allowed: true,
+                reason: None,
+                rule,
+                status: None,
+            });
+            let appended = if audit::needs_durable_record(info) {
+                recorder.append_durable(entry).await
+            } else {
+                recorder.append(entry)
+            };
+            match appended {
+                Ok(seq) => ctx.audit_seq = Some(seq),
+                Err(e) => {
+                    tracing::error!(session = %ctx.session_id, error = %e, "audit log unavailable: refusing the request");
+                    respond_status(
+                        session,
+                        &Status::from_code(
+                            503,
+                            "the gateway cannot record this request in its audit log, so it does not forward it",
+                        ),
+                    )
+                    .await?;
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// A 101: decode and record the upgraded stream, or refuse it if it cannot be decoded.
+    fn start_session_recording(
+        &self,
+        session: &mut Session,
+        upstream_response: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let (Some(recorder), Some(info)) = (&self.recorder, ctx.info.as_ref()) else {
+            return Ok(());
+        };
+        if !ctx.record_session || !info.is_streaming_upgrade() {
+            return Ok(());
+        }
+        let req = session.req_header();
+        let Some(protocol) =
+            StreamProtocol::negotiated(&req.headers, &upstream_response.headers, &info.subresource)
+        else {
+            tracing::warn!(session = %ctx.session_id, "refusing an upgraded stream the gateway cannot decode");
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(502),
+                "the session's stream protocol cannot be recorded by the gateway",
+            ));
+        };
+        let meta = recording::session_meta(
+            info,
+            req.uri.query(),
+            ctx.identity.as_ref(),
+            protocol,
+            &ctx.session_id,
+            ctx.audit_seq,
+        );
+        let recording = SessionRecording::start(recorder, protocol, meta).map_err(|e| {
+            tracing::error!(session = %ctx.session_id, error = %e, "cannot open the session recording");
+            Error::explain(
+                ErrorType::HTTPStatus(503),
+                "the gateway cannot record this session, so it does not open it",
+            )
+        })?;
+        ctx.session = Some(recording);
+        Ok(())
+    }
+
     fn now_epoch() -> u64 {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0)
     }
+}
+
+fn user_agent(session: &Session) -> Option<String> {
+    session
+        .req_header()
+        .headers
+        .get(http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.chars().take(256).collect())
 }
 
 /// Write a `Status` as the whole response.
@@ -121,6 +304,15 @@ impl ProxyHttp for Gateway {
             upgrade: None,
             streaming: false,
             _stream: None,
+            mask: None,
+            response_masker: None,
+            record_session: false,
+            session: None,
+            audit_seq: None,
+            upstream_status: None,
+            request_bytes: 0,
+            response_bytes: 0,
+            upstream_token: None,
         }
     }
 
@@ -168,10 +360,121 @@ impl ProxyHttp for Gateway {
                 return Ok(true);
             }
         }
+        if !self.decide(session, ctx).await? {
+            return Ok(true);
+        }
         if ctx.streaming {
             ctx._stream = Some(StreamGuard::open(&self.metrics.active_streams));
         }
         Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(chunk) = body.as_ref() {
+            ctx.request_bytes += chunk.len() as u64;
+            if let Some(recording) = ctx.session.as_mut() {
+                recording
+                    .observe(Direction::ClientToServer, chunk)
+                    .map_err(|e| end_session(e, &ctx.session_id))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let status = upstream_response.status.as_u16();
+        ctx.upstream_status = Some(status);
+        if status == 101 {
+            return self.start_session_recording(session, upstream_response, ctx);
+        }
+        let (Some(profile), Some(info)) = (ctx.mask.clone(), ctx.info.as_ref()) else {
+            return Ok(());
+        };
+        let header = |name: http::header::HeaderName| {
+            upstream_response
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let masker = ResponseMasker::new(
+            profile,
+            info,
+            session.req_header().uri.query(),
+            status,
+            header(http::header::CONTENT_TYPE).as_deref(),
+            header(http::header::CONTENT_ENCODING).as_deref(),
+        )
+        .map_err(|e| {
+            tracing::warn!(session = %ctx.session_id, error = %e, "refusing a response the masker cannot inspect");
+            Error::explain(
+                ErrorType::HTTPStatus(502),
+                format!("the gateway must mask this response but cannot read it: {e}"),
+            )
+        })?;
+        // The masked body has another length; pingora sends headers before the body filter runs.
+        upstream_response.remove_header(&http::header::CONTENT_LENGTH);
+        if session.req_header().version == http::Version::HTTP_11 {
+            upstream_response.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+        }
+        ctx.response_masker = Some(masker);
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if let Some(recording) = ctx.session.as_mut() {
+            if let Some(chunk) = body.as_ref() {
+                recording
+                    .observe(Direction::ServerToClient, chunk)
+                    .map_err(|e| end_session(e, &ctx.session_id))?;
+            }
+        }
+        if let Some(masker) = ctx.response_masker.as_mut() {
+            let mut out = match body.take() {
+                Some(chunk) => masker.push(&chunk),
+                None => Ok(Bytes::new()),
+            }
+            .and_then(|masked| {
+                if end_of_stream {
+                    let rest = masker.finish()?;
+                    let mut all = Vec::with_capacity(masked.len() + rest.len());
+                    all.extend_from_slice(&masked);
+                    all.extend_from_slice(&rest);
+                    Ok(Bytes::from(all))
+                } else {
+                    Ok(masked)
+                }
+            })
+            .map_err(|e| {
+                // Headers are already out: the only safe answer is to cut the response.
+                tracing::warn!(session = %ctx.session_id, error = %e, "masking failed mid-response; closing it");
+                Error::explain(ErrorType::HTTPStatus(502), "masking failed")
+            })?;
+            if !out.is_empty() || end_of_stream {
+                *body = Some(std::mem::take(&mut out));
+            }
+        }
+        if let Some(chunk) = body.as_ref() {
+            ctx.response_bytes += chunk.len() as u64;
+        }
+        Ok(None)
     }
 
     async fn upstream_peer(
@@ -211,13 +514,20 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let token = self.upstream.credential.current().map_err(|e| {
-            tracing::error!(error = %e, "upstream credential unavailable");
-            Error::explain(
-                ErrorType::HTTPStatus(503),
-                "the gateway's upstream credential is unavailable",
-            )
-        })?;
+        let user = ctx.identity.as_ref().map(|i| i.user.as_str());
+        let token = self
+            .upstream
+            .credential
+            .token_for(user)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "upstream credential unavailable");
+                Error::explain(
+                    ErrorType::HTTPStatus(503),
+                    "the gateway's upstream credential is unavailable",
+                )
+            })?;
+        ctx.upstream_token = Some(Arc::clone(&token));
         let client_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -231,7 +541,37 @@ impl ProxyHttp for Gateway {
             client_ip: client_ip.as_deref(),
         };
         headers::prepare_upstream_request(upstream_request, &forwarding)
-            .map_err(|e| Error::explain(ErrorType::HTTPStatus(400), e.to_string()))
+            .map_err(|e| Error::explain(ErrorType::HTTPStatus(400), e.to_string()))?;
+        if ctx.mask.is_some() {
+            // The masker reads JSON only: no protobuf (kubectl asks for it first), no gzip.
+            let accept = upstream_request
+                .headers
+                .get(http::header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            upstream_request.insert_header(
+                http::header::ACCEPT,
+                crate::mask::rewrite_accept(accept.as_deref()),
+            )?;
+            upstream_request.insert_header(http::header::ACCEPT_ENCODING, "identity")?;
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // The API server answers 401 only when it rejects the gateway's own credential.
+        if upstream_response.status == http::StatusCode::UNAUTHORIZED {
+            if let Some(token) = &ctx.upstream_token {
+                let user = ctx.identity.as_ref().map(|i| i.user.as_str());
+                self.upstream.credential.rejected(user, token);
+            }
+        }
+        Ok(())
     }
 
     async fn fail_to_proxy(
@@ -302,6 +642,23 @@ impl ProxyHttp for Gateway {
                 .latency
                 .with_label_values(&[verb.as_str()])
                 .observe(elapsed.as_secs_f64());
+        }
+        if let Some(recording) = ctx.session.as_mut() {
+            recording.finish(e.map(|e| e.etype().as_str().to_string()));
+        }
+        if let (Some(recorder), Some(request_seq)) = (&self.recorder, ctx.audit_seq) {
+            let entry = audit::completion_entry(audit::Finished {
+                id: &ctx.session_id,
+                request_seq,
+                status: ctx.upstream_status,
+                latency_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+                request_bytes: ctx.request_bytes,
+                response_bytes: ctx.response_bytes,
+                error: e.map(|e| e.etype().as_str().to_string()),
+            });
+            if let Err(err) = recorder.append(entry) {
+                tracing::error!(session = %ctx.session_id, error = %err, "cannot append the completion audit record");
+            }
         }
         let req = session.req_header();
         tracing::info!(

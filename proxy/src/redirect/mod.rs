@@ -1,2 +1,80 @@
-//! The node agent: loads the eBPF programs that redirect selected pods' API traffic to the
-//! gateway and drop every way around it.
+//! The node agent (`portcullis node run|uninstall`): loads the eBPF programs that send selected
+//! pods' connections to protected API endpoints through the gateway, and drop every other way
+//! to those endpoints; plus the lookup the gateway uses to learn where a redirected connection
+//! was going.
+//!
+//! Owns: the eBPF object embedded at build time (see `proxy/build.rs`), everything pinned under
+//! the configured bpffs directory (`maps/<NAME>`, `cgroups/<cgroup id>/<program>`,
+//! `gateway/<cgroup id>/<program>`), the contents of the `PROTECTED` and `GATEWAY` maps, the
+//! pod selection (pods file) and hostname re-resolution.
+//!
+//! Must never: detach or unpin anything on exit or on error (enforcement has to outlive the
+//! agent: a selected pod fails closed while the agent or the gateway restarts); remove a
+//! protected address because a DNS lookup failed; touch a cgroup that was not selected; write
+//! the maps from the gateway side (`lookup` only reads).
+//!
+//! Pure cores: `entries` (address ↔ map key, the `PROTECTED` update plan) and `cgroup` (the
+//! kubelet's cgroup paths), unit-tested without a kernel. `tests/tests/node` exercises the
+//! whole agent against the real kernel.
+
+mod agent;
+pub mod cgroup;
+pub mod config;
+pub mod entries;
+mod lookup;
+
+use std::path::PathBuf;
+
+pub use agent::{read_counters, run, uninstall, Counters};
+pub use config::NodeConfig;
+pub use lookup::{original_destination, OriginalDestination, OriginalDestinations};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RedirectError {
+    #[error(
+        "this portcullis binary was built without the eBPF object; run `cargo xtask build-ebpf`, \
+         then rebuild portcullis"
+    )]
+    NotBuilt,
+    #[error("{file}: {message}")]
+    Config { file: PathBuf, message: String },
+    #[error("{what}: {error}")]
+    Io {
+        what: String,
+        error: std::io::Error,
+    },
+    #[error("{what}: {error}")]
+    Ebpf {
+        what: String,
+        error: aya::EbpfError,
+    },
+    #[error("{what}: {error}")]
+    Program {
+        what: String,
+        error: aya::programs::ProgramError,
+    },
+    #[error("{what}: {error}")]
+    Map {
+        what: String,
+        error: aya::maps::MapError,
+    },
+    #[error("{what}: {error}")]
+    Pin {
+        what: String,
+        error: aya::pin::PinError,
+    },
+    #[error("{what}: {error}")]
+    Link {
+        what: String,
+        error: aya::programs::links::LinkError,
+    },
+    #[error("{path} is not on a bpffs mount (mount -t bpf bpf <dir>)")]
+    NotBpffs { path: PathBuf },
+}
+
+/// Logs for `portcullis node`: human-readable lines, `RUST_LOG` to filter (default `info`).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+}

@@ -1,6 +1,8 @@
-//! Who a request is from: bearer-token authentication (a small enum of authenticators so other token kinds, such
-//! as EKS `k8s-aws-v1.` tokens, can be added as variants) and `Impersonate-*` handling with the API server's rules
-//! and messages. It must never log or return a token in clear; only its SHA-256 leaves this module.
+//! Who a request is from: bearer-token authentication (a small enum of authenticators: static tokens, and EKS
+//! `k8s-aws-v1.` tokens verified against an STS stand-in in [`eks`]) and `Impersonate-*` handling with the API
+//! server's rules and messages. It must never log or return a token in clear; only its SHA-256 leaves this module.
+
+pub mod eks;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -67,6 +69,8 @@ pub fn sha256_hex(text: &str) -> String {
 pub enum Authenticator {
     /// Fixed tokens, each for one user (like the API server's `--token-auth-file`).
     StaticTokens(HashMap<String, String>),
+    /// EKS tokens for one cluster; the user is the signer's (assumed-role) ARN, as EKS maps it.
+    Eks(eks::EksTokenVerifier),
 }
 
 impl Authenticator {
@@ -79,6 +83,10 @@ impl Authenticator {
                 groups: vec![AUTHENTICATED_GROUP.to_string()],
                 extra: BTreeMap::new(),
             })),
+            Authenticator::Eks(verifier) => verifier
+                .verify(token)
+                .await
+                .map_err(|rejection| AuthError::Verification(rejection.to_string())),
         }
     }
 }
@@ -116,6 +124,16 @@ const IMPERSONATE_UID: &str = "impersonate-uid";
 const IMPERSONATE_GROUP: &str = "impersonate-group";
 const IMPERSONATE_EXTRA: &str = "impersonate-extra-";
 
+/// Impersonation is granted by username, or (like an EKS access entry for a role) by the canonical role ARN
+/// behind an assumed-role session, whatever the session's name.
+fn may_impersonate(authenticated: &UserInfo, impersonators: &HashSet<String>) -> bool {
+    impersonators.contains(&authenticated.username)
+        || authenticated
+            .extra
+            .get("canonicalArn")
+            .is_some_and(|arns| arns.iter().any(|arn| impersonators.contains(arn)))
+}
+
 /// Applies `Impersonate-*` headers: returns the effective identity, or the 403/500 the API server would give.
 /// Only users named in `impersonators` may impersonate anyone.
 pub fn impersonate(
@@ -146,7 +164,7 @@ pub fn impersonate(
             "requested groups {groups:?}, extra {extra:?} without impersonating a user"
         )));
     };
-    if !impersonators.contains(&authenticated.username) {
+    if !may_impersonate(authenticated, impersonators) {
         let (what, resource, group) = match user.strip_prefix("system:serviceaccount:") {
             Some(sa) => {
                 let (ns, name) = sa.split_once(':').unwrap_or(("", sa));

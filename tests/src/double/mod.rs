@@ -141,6 +141,14 @@ impl Drop for RunningDouble {
 
 /// Generates the TLS files, seeds the store, binds `cfg.listen` and serves in the background.
 pub async fn start(cfg: DoubleConfig) -> Result<RunningDouble, DoubleError> {
+    start_with_authenticators(cfg, Vec::new()).await
+}
+
+/// [`start`], with `extra` authenticators (e.g. EKS tokens) tried after the static tokens.
+pub async fn start_with_authenticators(
+    cfg: DoubleConfig,
+    extra: Vec<Authenticator>,
+) -> Result<RunningDouble, DoubleError> {
     std::fs::create_dir_all(&cfg.dir).map_err(|source| DoubleError::Io {
         context: format!("creating {}", cfg.dir.display()),
         source,
@@ -165,9 +173,11 @@ pub async fn start(cfg: DoubleConfig) -> Result<RunningDouble, DoubleError> {
     let (shutdown, shutdown_rx) = signal::channel(false);
     let state = Arc::new(State {
         store,
-        authenticators: Authenticators(vec![Authenticator::StaticTokens(
-            cfg.tokens.into_iter().collect(),
-        )]),
+        authenticators: Authenticators(
+            std::iter::once(Authenticator::StaticTokens(cfg.tokens.into_iter().collect()))
+                .chain(extra)
+                .collect(),
+        ),
         impersonators: cfg.impersonators.into_iter().collect::<HashSet<_>>(),
         log,
         shutdown: shutdown_rx,

@@ -5,8 +5,10 @@
 //! process) and tears it down, so nothing outlives a test. The double's request log is the
 //! witness of what the gateway forwarded.
 
+mod eks;
 mod mcp;
 mod oidc;
+mod policy;
 
 use std::io::{BufRead, BufReader, Write as _};
 use std::net::SocketAddr;

@@ -1,9 +1,11 @@
 //! The protected Kubernetes API server and the gateway's own credential for it.
 //!
 //! Owns: where the upstream is (address, TLS name, `Host`), which CA verifies it, and the bearer
-//! token the gateway presents (re-read from its file when the file changes, like a projected
-//! service-account token). Must never: hand the credential to anything but the upstream request,
-//! log it, or fall back to an unverified TLS connection.
+//! token the gateway presents: a fixed token, a file re-read when it changes (like a projected
+//! service-account token), or an EKS token per caller ([`eks`]). Must never: hand the credential
+//! to anything but the upstream request, log it, or fall back to an unverified TLS connection.
+
+pub mod eks;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -34,6 +36,8 @@ pub enum UpstreamError {
     EmptyToken(PathBuf),
     #[error("the upstream credential has no bearer token (client certificates and exec plugins are not supported yet)")]
     NoToken,
+    #[error("EKS credential: {0}")]
+    Eks(#[from] eks::EksError),
 }
 
 /// Everything needed to open a verified TLS connection to the API server.
@@ -48,7 +52,35 @@ pub struct Upstream {
     pub ca: Option<Arc<[WrappedX509]>>,
     /// False only for an explicit `insecure_plaintext` upstream (benchmarks and tests).
     pub tls: bool,
-    pub credential: BearerToken,
+    pub credential: UpstreamCredential,
+}
+
+/// The gateway's credential for the API server.
+pub enum UpstreamCredential {
+    /// One bearer token for every request.
+    Bearer(BearerToken),
+    /// EKS tokens, per caller when the role session name names the caller.
+    Eks(Arc<eks::EksCredential>),
+}
+
+impl UpstreamCredential {
+    /// The bearer token to send upstream for a request made on behalf of `user` (`None` only in
+    /// the benchmark passthrough).
+    pub async fn token_for(&self, user: Option<&str>) -> Result<Arc<str>, UpstreamError> {
+        match self {
+            Self::Bearer(token) => token.current(),
+            Self::Eks(eks) => Ok(eks.token_for(user).await?),
+        }
+    }
+
+    /// The API server answered 401 to a request that carried `token`: a credential that can be
+    /// renewed forgets it (once, however many requests report the same token).
+    pub fn rejected(&self, user: Option<&str>, token: &Arc<str>) {
+        match self {
+            Self::Bearer(_) => {}
+            Self::Eks(eks) => eks.rejected(user, token),
+        }
+    }
 }
 
 /// The gateway's bearer token, from a fixed value or a file that may be rotated underneath us.
@@ -125,7 +157,7 @@ impl Upstream {
                     .url
                     .clone()
                     .ok_or_else(|| UpstreamError::BadUrl(String::new()))?;
-                (url, None, BearerToken::file(path.clone()))
+                (url, None, UpstreamCredential::Bearer(BearerToken::file(path.clone())))
             }
             config::Credential::Kubeconfig { path, context } => {
                 let kubeconfig = kube::config::Kubeconfig::read_from(path)
@@ -143,6 +175,14 @@ impl Upstream {
                 let kc = kube::Config::incluster()
                     .map_err(|e| UpstreamError::Kubeconfig(e.to_string()))?;
                 from_kube_config(kc)?
+            }
+            config::Credential::Eks(eks_cfg) => {
+                let url = cfg
+                    .url
+                    .clone()
+                    .ok_or_else(|| UpstreamError::BadUrl(String::new()))?;
+                let credential = eks::EksCredential::from_config(eks_cfg).await?;
+                (url, None, UpstreamCredential::Eks(Arc::new(credential)))
             }
         };
         // An explicit URL in the file wins over the one in a kubeconfig.
@@ -164,7 +204,7 @@ impl Upstream {
     }
 }
 
-type KubeParts = (String, Option<Vec<Vec<u8>>>, BearerToken);
+type KubeParts = (String, Option<Vec<Vec<u8>>>, UpstreamCredential);
 
 fn from_kube_config(kc: kube::Config) -> Result<KubeParts, UpstreamError> {
     let credential = if let Some(file) = &kc.auth_info.token_file {
@@ -174,6 +214,7 @@ fn from_kube_config(kc: kube::Config) -> Result<KubeParts, UpstreamError> {
     } else {
         return Err(UpstreamError::NoToken);
     };
+    let credential = UpstreamCredential::Bearer(credential);
     let ca = match &kc.root_cert_file {
         Some(path) => Some(read_pem_certs(path)?),
         None => kc.root_cert.clone(),
@@ -346,7 +387,10 @@ mod tests {
         assert_eq!(upstream.sni, "api.test");
         assert!(upstream.tls);
         assert_eq!(upstream.ca.as_ref().map(|c| c.len()), Some(1));
-        assert_eq!(&*upstream.credential.current().unwrap(), "gateway-token");
+        assert_eq!(
+            &*upstream.credential.token_for(Some("alice")).await.unwrap(),
+            "gateway-token"
+        );
 
         // A kubeconfig user without a token is refused, not silently used without credentials.
         std::fs::write(

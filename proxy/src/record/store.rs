@@ -1,0 +1,273 @@
+//! The key-value store under the recorder: a small trait over named, ordered trees, and its sled
+//! implementation.
+//!
+//! Owns: the tree names, key layouts, opening sled. Must never: interpret values (that is the
+//! recorder's job), or create a store where a read-only command expected an existing one.
+
+use std::path::{Path, PathBuf};
+
+/// The trees a store holds. Keys are big-endian so byte order is numeric order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tree {
+    /// seq (u64 BE) → [`super::entry::Envelope`].
+    Audit,
+    /// seq of the covered record (u64 BE) → [`super::chain::Checkpoint`].
+    Checkpoints,
+    /// session seq (u64 BE) → [`super::session::SessionRecord`].
+    Sessions,
+    /// session id (UTF-8) → session seq (u64 BE).
+    SessionIds,
+    /// session seq (u64 BE) ++ frame index (u64 BE) → [`super::session::FrameRecord`].
+    Frames,
+    /// Operational state that verification never trusts (the latest tombstone, ...).
+    Meta,
+}
+
+impl Tree {
+    pub const ALL: [Tree; 6] = [
+        Tree::Audit,
+        Tree::Checkpoints,
+        Tree::Sessions,
+        Tree::SessionIds,
+        Tree::Frames,
+        Tree::Meta,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Tree::Audit => "audit",
+            Tree::Checkpoints => "checkpoints",
+            Tree::Sessions => "sessions",
+            Tree::SessionIds => "session_ids",
+            Tree::Frames => "frames",
+            Tree::Meta => "meta",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {path}: {message}")]
+    Open { path: PathBuf, message: String },
+    #[error("store {path} does not exist")]
+    Missing { path: PathBuf },
+    #[error("store I/O: {0}")]
+    Io(String),
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Io(e.to_string())
+    }
+}
+
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+pub type KvIter<'a> = Box<dyn Iterator<Item = Result<KeyValue, StoreError>> + Send + 'a>;
+
+/// A store of ordered trees. Writes become durable at the next [`Store::flush`]; a crash loses at
+/// most what was written since the last flush, and what survives is a prefix of the writes.
+pub trait Store: Send + Sync + 'static {
+    fn insert(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    fn remove(&self, tree: Tree, key: &[u8]) -> Result<(), StoreError>;
+    /// Removes every key in `[start, end)`.
+    fn remove_range(&self, tree: Tree, start: &[u8], end: &[u8]) -> Result<u64, StoreError>;
+    /// The greatest key and its value.
+    fn last(&self, tree: Tree) -> Result<Option<KeyValue>, StoreError>;
+    /// The smallest key and its value.
+    fn first(&self, tree: Tree) -> Result<Option<KeyValue>, StoreError>;
+    /// Keys `>= start` in order.
+    fn range_from<'a>(&'a self, tree: Tree, start: &[u8]) -> KvIter<'a>;
+    /// Keys starting with `prefix` in order.
+    fn scan_prefix<'a>(&'a self, tree: Tree, prefix: &[u8]) -> KvIter<'a>;
+    /// Makes every write so far durable (fsync).
+    fn flush(&self) -> Result<(), StoreError>;
+}
+
+pub fn seq_key(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+pub fn key_seq(key: &[u8]) -> Option<u64> {
+    key.get(..8)
+        .and_then(|k| <[u8; 8]>::try_from(k).ok())
+        .map(u64::from_be_bytes)
+}
+
+pub fn frame_key(session_seq: u64, index: u64) -> [u8; 16] {
+    let mut key = [0; 16];
+    key[..8].copy_from_slice(&session_seq.to_be_bytes());
+    key[8..].copy_from_slice(&index.to_be_bytes());
+    key
+}
+
+/// sled 0.34: one database directory, one sled tree per [`Tree`].
+pub struct SledStore {
+    db: sled::Db,
+    trees: Vec<sled::Tree>,
+}
+
+impl SledStore {
+    /// Opens (creating if needed) the store at `path`. `cache_bytes` bounds sled's page cache.
+    pub fn open(path: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
+        let open_err = |message: String| StoreError::Open {
+            path: path.to_path_buf(),
+            message,
+        };
+        // sled's own periodic flush is off: the recorder's flusher decides when to fsync, so the
+        // loss window is the one the config states.
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_bytes)
+            .flush_every_ms(None)
+            .open()
+            .map_err(|e| {
+                let message = e.to_string();
+                if message.contains("lock") || message.contains("WouldBlock") {
+                    open_err(format!(
+                        "{message} (is a gateway running on it? stop it or work on a copy of the directory)"
+                    ))
+                } else {
+                    open_err(message)
+                }
+            })?;
+        let trees = Tree::ALL
+            .iter()
+            .map(|t| db.open_tree(t.name()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| open_err(e.to_string()))?;
+        Ok(Self { db, trees })
+    }
+
+    /// Opens a store that must already exist (for the read-only commands).
+    pub fn open_existing(path: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
+        if !path.join("conf").exists() && !path.join("db").exists() {
+            return Err(StoreError::Missing {
+                path: path.to_path_buf(),
+            });
+        }
+        Self::open(path, cache_bytes)
+    }
+
+    fn tree(&self, tree: Tree) -> &sled::Tree {
+        // `trees` is built from `Tree::ALL` in order, so the index always exists.
+        &self.trees[tree as usize]
+    }
+}
+
+fn to_kv(item: sled::Result<(sled::IVec, sled::IVec)>) -> Result<KeyValue, StoreError> {
+    item.map(|(k, v)| (k.to_vec(), v.to_vec()))
+        .map_err(StoreError::from)
+}
+
+impl Store for SledStore {
+    fn insert(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.tree(tree).insert(key, value)?;
+        Ok(())
+    }
+
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tree(tree).get(key)?.map(|v| v.to_vec()))
+    }
+
+    fn remove(&self, tree: Tree, key: &[u8]) -> Result<(), StoreError> {
+        self.tree(tree).remove(key)?;
+        Ok(())
+    }
+
+    fn remove_range(&self, tree: Tree, start: &[u8], end: &[u8]) -> Result<u64, StoreError> {
+        let t = self.tree(tree);
+        let mut removed = 0;
+        let mut batch = sled::Batch::default();
+        for item in t.range(start..end) {
+            let (k, _) = item?;
+            batch.remove(k);
+            removed += 1;
+            if removed % 4096 == 0 {
+                t.apply_batch(std::mem::take(&mut batch))?;
+            }
+        }
+        t.apply_batch(batch)?;
+        Ok(removed)
+    }
+
+    fn last(&self, tree: Tree) -> Result<Option<KeyValue>, StoreError> {
+        Ok(self
+            .tree(tree)
+            .last()?
+            .map(|(k, v)| (k.to_vec(), v.to_vec())))
+    }
+
+    fn first(&self, tree: Tree) -> Result<Option<KeyValue>, StoreError> {
+        Ok(self
+            .tree(tree)
+            .first()?
+            .map(|(k, v)| (k.to_vec(), v.to_vec())))
+    }
+
+    fn range_from<'a>(&'a self, tree: Tree, start: &[u8]) -> KvIter<'a> {
+        Box::new(self.tree(tree).range(start.to_vec()..).map(to_kv))
+    }
+
+    fn scan_prefix<'a>(&'a self, tree: Tree, prefix: &[u8]) -> KvIter<'a> {
+        Box::new(self.tree(tree).scan_prefix(prefix).map(to_kv))
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sled_store_orders_keys_numerically_and_removes_ranges() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 1 << 20).unwrap();
+        for seq in [256u64, 1, 2, 255, 3] {
+            store
+                .insert(Tree::Audit, &seq_key(seq), &seq.to_le_bytes())
+                .unwrap();
+        }
+        let keys: Vec<u64> = store
+            .range_from(Tree::Audit, &seq_key(0))
+            .map(|kv| key_seq(&kv.unwrap().0).unwrap())
+            .collect();
+        assert_eq!(keys, vec![1, 2, 3, 255, 256]);
+        assert_eq!(
+            key_seq(&store.last(Tree::Audit).unwrap().unwrap().0),
+            Some(256)
+        );
+        assert_eq!(
+            store
+                .remove_range(Tree::Audit, &seq_key(0), &seq_key(255))
+                .unwrap(),
+            3
+        );
+        assert_eq!(
+            key_seq(&store.first(Tree::Audit).unwrap().unwrap().0),
+            Some(255)
+        );
+        store.insert(Tree::Frames, &frame_key(5, 1), b"a").unwrap();
+        store.insert(Tree::Frames, &frame_key(5, 0), b"b").unwrap();
+        store.insert(Tree::Frames, &frame_key(6, 0), b"c").unwrap();
+        let frames: Vec<Vec<u8>> = store
+            .scan_prefix(Tree::Frames, &seq_key(5))
+            .map(|kv| kv.unwrap().1)
+            .collect();
+        assert_eq!(frames, vec![b"b".to_vec(), b"a".to_vec()]);
+        store.flush().unwrap();
+    }
+
+    #[test]
+    fn open_existing_refuses_a_missing_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = SledStore::open_existing(&dir.path().join("nope"), 1 << 20)
+            .err()
+            .unwrap();
+        assert!(matches!(err, StoreError::Missing { .. }), "{err}");
+    }
+}

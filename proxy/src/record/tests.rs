@@ -1,0 +1,791 @@
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use super::entry::tests::sample_request;
+use super::entry::{decode, encode, Envelope};
+use super::query::{find_session, list_sessions, query, session_frames, AuditFilter};
+use super::store::{key_seq, seq_key, KeyValue, KvIter};
+use super::*;
+
+const KEY_SEED: [u8; 32] = [42; 32];
+
+fn config(dir: &Path) -> RecordConfig {
+    let key = dir.join("audit.key");
+    std::fs::write(&key, KEY_SEED).unwrap();
+    RecordConfig {
+        path: Some(dir.join("store")),
+        node_name: Some("node-a".into()),
+        signing_key_file: Some(key),
+        checkpoint_every_records: 10,
+        ..RecordConfig::default()
+    }
+}
+
+fn metrics() -> RecorderMetrics {
+    RecorderMetrics::new().unwrap()
+}
+
+fn request(user: &str, verb: &str) -> AuditEntry {
+    AuditEntry::Request(sample_request(user, verb, "prod"))
+}
+
+fn verifying_key() -> ed25519_dalek::VerifyingKey {
+    ed25519_dalek::SigningKey::from_bytes(&KEY_SEED).verifying_key()
+}
+
+/// A store of `n` records (checkpoints every 10), cleanly closed.
+async fn build_store(dir: &Path, n: u64) -> RecordConfig {
+    let cfg = config(dir);
+    let recorder = Recorder::open(&cfg, metrics()).unwrap();
+    for i in 0..n {
+        let user = format!("user{i}");
+        if i % 3 == 0 {
+            recorder
+                .append_durable(request(&user, "delete"))
+                .await
+                .unwrap();
+        } else {
+            recorder.append(request(&user, "get")).unwrap();
+        }
+    }
+    drop(recorder);
+    cfg
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// Opens a copy of the store for tampering.
+fn tamper_copy(cfg: &RecordConfig, name: &str) -> SledStore {
+    let src = cfg.path.as_ref().unwrap();
+    let dst = src.parent().unwrap().join(name);
+    copy_dir(src, &dst);
+    SledStore::open(&dst, 1 << 20).unwrap()
+}
+
+fn get_env(store: &SledStore, seq: u64) -> Envelope {
+    decode(&store.get(Tree::Audit, &seq_key(seq)).unwrap().unwrap()).unwrap()
+}
+
+fn put_env(store: &SledStore, key_seq: u64, env: &Envelope) {
+    store
+        .insert(Tree::Audit, &seq_key(key_seq), &encode(env).unwrap())
+        .unwrap();
+}
+
+fn with_user(env: &Envelope, user: &str) -> Vec<u8> {
+    let mut entry = env.decode_entry().unwrap();
+    if let ChainEntry::Audit(AuditEntry::Request(r)) = &mut entry {
+        r.identity.as_mut().unwrap().user = user.into();
+    }
+    encode(&entry).unwrap()
+}
+
+fn broken(store: &SledStore, from: Option<u64>) -> Break {
+    let report = verify(store, from, Some(&verifying_key())).unwrap();
+    match report.broken.clone() {
+        Some(b) => b,
+        None => panic!("verified: {report}"),
+    }
+}
+
+#[tokio::test]
+async fn appends_chain_checkpoint_and_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = build_store(dir.path(), 25).await;
+    let store = SledStore::open(cfg.path.as_ref().unwrap(), 1 << 20).unwrap();
+    let report = verify(&store, None, Some(&verifying_key())).unwrap();
+    assert!(report.is_ok(), "{report}");
+    assert_eq!(report.records, 25);
+    assert_eq!((report.first_seq, report.last_seq), (Some(0), Some(24)));
+    assert_eq!(report.key, KeyTrust::Configured);
+    // Every 10 records, plus the clean stop's checkpoint of the tail.
+    let checkpoints: Vec<u64> = store
+        .range_from(Tree::Checkpoints, &seq_key(0))
+        .map(|kv| key_seq(&kv.unwrap().0).unwrap())
+        .collect();
+    assert_eq!(checkpoints, vec![9, 19, 24]);
+    assert_eq!(report.checkpoints, 3);
+    let env = get_env(&store, 3);
+    match env.decode_entry().unwrap() {
+        ChainEntry::Audit(AuditEntry::Request(r)) => {
+            assert_eq!(r.node, "node-a", "node filled in");
+            assert_eq!(r.identity.unwrap().user, "user3");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(report.to_string().starts_with("OK: 25 records"), "{report}");
+    // Without a key, signatures are only self-consistent, and the report says so.
+    let unkeyed = verify(&store, None, None).unwrap();
+    assert!(unkeyed.is_ok());
+    assert_eq!(unkeyed.key, KeyTrust::StoredOnly);
+}
+
+#[tokio::test]
+async fn an_edited_record_is_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = build_store(dir.path(), 30).await;
+    let store = tamper_copy(&cfg, "edited");
+    let mut env = get_env(&store, 12);
+    env.entry = with_user(&env, "mallory");
+    put_env(&store, 12, &env);
+    let b = broken(&store, None);
+    assert_eq!((b.seq, b.reason), (12, BreakReason::Edited), "{b:?}");
+    // Starting after the edit, the rest verifies.
+    assert!(verify(&store, Some(13), Some(&verifying_key()))
+        .unwrap()
+        .is_ok());
+}
+
+#[tokio::test]
+async fn a_rewritten_chain_is_caught_by_the_signed_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = build_store(dir.path(), 30).await;
+    let store = tamper_copy(&cfg, "rewritten");
+    // The attacker edits 12 and re-hashes everything after it: only the signature stops them.
+    let mut prev = get_env(&store, 11).hash;
+    for seq in 12..30 {
+        let env = get_env(&store, seq);
+        let entry = if seq == 12 {
+            with_user(&env, "mallory")
+        } else {
+            env.entry.clone()
+        };
+        let sealed = Envelope::seal(seq, prev, entry);
+        prev = sealed.hash;
+        put_env(&store, seq, &sealed);
+    }
+    let b = broken(&store, None);
+    assert_eq!((b.seq, b.reason), (19, BreakReason::Edited), "{b:?}");
+    assert!(b.detail.contains("checkpoint"), "{}", b.detail);
+}
+
+#[tokio::test]
+async fn a_deleted_record_is_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = build_store(dir.path(), 30).await;
+    let store = tamper_copy(&cfg, "deleted");
+    store.remove(Tree::Audit, &seq_key(15)).unwrap();
+    let b = broken(&store, None);
+    assert_eq!((b.seq, b.reason), (15, BreakReason::Deleted), "{b:?}");
+
+    let head = tamper_copy(&cfg, "head-deleted");
+    head.remove_range(Tree::Audit, &seq_key(0), &seq_key(5))
+        .unwrap();
+    let b = broken(&head, None);
+    assert_eq!((b.seq, b.reason), (0, BreakReason::Deleted), "{b:?}");
+}
+
+#[tokio::test]
+async fn swapped_records_are_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = build_store(dir.path(), 30).await;
+    let store = tamper_copy(&cfg, "swapped");
+    let (a, b) = (get_env(&store, 15), get_env(&store, 16));
+    put_env(&store, 15, &b);
+    put_env(&store, 16, &a);
+    let brk = broken(&store, None);
+    assert_eq!((brk.seq, brk.reason), (15, BreakReason::Reordered), "{brk:?}");
+
+    // Swapped and renumbered with valid hashes: the chain links no longer fit.
+    let store = tamper_copy(&cfg, "swapped-renumbered");
+    let (a, b) = (get_env(&store, 15), get_env(&store, 16));
+    put_env(&store, 15, &Envelope::seal(15, b.prev_hash, b.entry.clone()));
+    put_env(&store, 16, &Envelope::seal(16, a.prev_hash, a.entry.clone()));
+    let brk = broken(&store, None);
+    assert_eq!((brk.seq, brk.reason), (15, BreakReason::Reordered), "{brk:?}");
+}
+
+#[tokio::test]
+async fn a_truncated_tail_is_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = build_store(dir.path(), 30).await;
+    let store = tamper_copy(&cfg, "truncated");
+    store
+        .remove_range(Tree::Audit, &seq_key(25), &seq_key(30))
+        .unwrap();
+    let b = broken(&store, None);
+    assert_eq!((b.seq, b.reason), (25, BreakReason::Truncated), "{b:?}");
+
+    // Reopening a truncated store for appending is refused rather than papered over.
+    let cfg2 = RecordConfig {
+        path: Some(cfg.path.as_ref().unwrap().parent().unwrap().join("truncated")),
+        ..cfg.clone()
+    };
+    drop(store);
+    let err = Recorder::open(&cfg2, metrics()).err().unwrap();
+    assert!(matches!(err, RecordError::Corrupt(_)), "{err}");
+}
+
+#[tokio::test]
+async fn forged_checkpoints_and_wrong_keys_are_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = build_store(dir.path(), 30).await;
+    let store = tamper_copy(&cfg, "forged");
+    let raw = store.get(Tree::Checkpoints, &seq_key(19)).unwrap().unwrap();
+    let mut cp: Checkpoint = decode(&raw).unwrap();
+    cp.signature[0] ^= 1;
+    store
+        .insert(Tree::Checkpoints, &seq_key(19), &encode(&cp).unwrap())
+        .unwrap();
+    let b = broken(&store, None);
+    assert_eq!((b.seq, b.reason), (19, BreakReason::BadCheckpoint), "{b:?}");
+
+    let clean = SledStore::open(cfg.path.as_ref().unwrap(), 1 << 20).unwrap();
+    let other = ed25519_dalek::SigningKey::from_bytes(&[1; 32]).verifying_key();
+    let report = verify(&clean, None, Some(&other)).unwrap();
+    assert_eq!(
+        report.broken.map(|b| (b.seq, b.reason)),
+        Some((9, BreakReason::BadCheckpoint))
+    );
+}
+
+#[tokio::test]
+async fn retention_deletes_old_records_behind_a_tombstone_that_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.retention.max_age_days = Some(7);
+    let recorder = Recorder::open(&cfg, metrics()).unwrap();
+    let now = now_unix_nanos();
+    let day = 86_400 * 1_000_000_000u64;
+    for i in 0..12u64 {
+        let mut r = sample_request(&format!("old{i}"), "get", "prod");
+        r.time_ns = now - 30 * day;
+        recorder.append(AuditEntry::Request(r)).unwrap();
+    }
+    for i in 0..5u64 {
+        let mut r = sample_request(&format!("new{i}"), "get", "prod");
+        r.time_ns = now - day;
+        recorder.append(AuditEntry::Request(r)).unwrap();
+    }
+    let report = recorder.run_retention(now).unwrap();
+    assert_eq!(report.audit_deleted, 12);
+    assert_eq!(report.tombstone_seq, Some(17));
+    let store = recorder.store();
+    let v = verify(store.as_ref(), None, Some(&verifying_key())).unwrap();
+    assert!(v.is_ok(), "{v}");
+    assert_eq!((v.records, v.tombstones), (6, 1));
+    assert_eq!(v.first_seq, Some(12));
+    // Nothing more to delete; a second pass leaves the chain alone.
+    let again = recorder.run_retention(now).unwrap();
+    assert_eq!(again.audit_deleted, 0);
+    let rows = query(store.as_ref(), &AuditFilter::default()).unwrap();
+    assert_eq!(rows.len(), 5);
+    assert!(rows
+        .iter()
+        .all(|r| r.request.identity.as_ref().unwrap().user.starts_with("new")));
+
+    // Deleting the head without a tombstone is still tampering.
+    store
+        .remove_range(Tree::Audit, &seq_key(12), &seq_key(14))
+        .unwrap();
+    let v = verify(store.as_ref(), None, Some(&verifying_key())).unwrap();
+    assert_eq!(
+        v.broken.map(|b| (b.seq, b.reason)),
+        Some((0, BreakReason::Deleted))
+    );
+}
+
+#[tokio::test]
+async fn retention_by_size_keeps_the_newest_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.retention.max_audit_bytes = Some(2_000);
+    let recorder = Recorder::open(&cfg, metrics()).unwrap();
+    for i in 0..40 {
+        recorder.append(request(&format!("u{i}"), "get")).unwrap();
+    }
+    let report = recorder.run_retention(now_unix_nanos()).unwrap();
+    assert!(report.audit_deleted > 0 && report.audit_deleted < 40);
+    let store = recorder.store();
+    let mut total = 0;
+    for kv in store.range_from(Tree::Audit, &seq_key(0)) {
+        total += kv.unwrap().1.len();
+    }
+    // The tombstone is appended after the cut, so allow its size on top.
+    assert!(total <= 2_000 + 400, "{total}");
+    let v = verify(store.as_ref(), None, Some(&verifying_key())).unwrap();
+    assert!(v.is_ok(), "{v}");
+}
+
+#[tokio::test]
+async fn reopening_after_an_unclean_stop_recovers_seq_and_chain_tip() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let recorder = Recorder::open(&cfg, metrics()).unwrap();
+    for i in 0..23 {
+        recorder
+            .append_durable(request(&format!("d{i}"), "delete"))
+            .await
+            .unwrap();
+    }
+    for i in 0..5 {
+        recorder.append(request(&format!("g{i}"), "get")).unwrap();
+    }
+    // The state on disk while the gateway is still running: what a kill -9 leaves.
+    let crashed = dir.path().join("crashed");
+    copy_dir(cfg.path.as_ref().unwrap(), &crashed);
+    let crashed_cfg = RecordConfig {
+        path: Some(crashed),
+        ..cfg.clone()
+    };
+    let reopened = Recorder::open(&crashed_cfg, metrics()).unwrap();
+    let next = reopened.next_seq();
+    assert!(
+        (23..=28).contains(&next),
+        "every durable record survives: next seq {next}"
+    );
+    let seq = reopened
+        .append_durable(request("after", "create"))
+        .await
+        .unwrap();
+    assert_eq!(seq, next);
+    let v = verify(reopened.store().as_ref(), None, Some(&verifying_key())).unwrap();
+    assert!(v.is_ok(), "{v}");
+    assert_eq!(v.records, next + 1);
+    drop(recorder);
+}
+
+/// A store whose frame inserts wait for a gate and whose flush can be made to fail.
+struct GatedStore {
+    inner: SledStore,
+    gate: Mutex<bool>,
+    opened: Condvar,
+    fail_flush: std::sync::atomic::AtomicBool,
+}
+
+impl GatedStore {
+    fn open_gate(&self) {
+        *self.gate.lock().unwrap() = true;
+        self.opened.notify_all();
+    }
+}
+
+impl Store for GatedStore {
+    fn insert(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        if tree == Tree::Frames {
+            let mut open = self.gate.lock().unwrap();
+            while !*open {
+                open = self.opened.wait(open).unwrap();
+            }
+        }
+        self.inner.insert(tree, key, value)
+    }
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(tree, key)
+    }
+    fn remove(&self, tree: Tree, key: &[u8]) -> Result<(), StoreError> {
+        self.inner.remove(tree, key)
+    }
+    fn remove_range(&self, tree: Tree, start: &[u8], end: &[u8]) -> Result<u64, StoreError> {
+        self.inner.remove_range(tree, start, end)
+    }
+    fn last(&self, tree: Tree) -> Result<Option<KeyValue>, StoreError> {
+        self.inner.last(tree)
+    }
+    fn first(&self, tree: Tree) -> Result<Option<KeyValue>, StoreError> {
+        self.inner.first(tree)
+    }
+    fn range_from<'a>(&'a self, tree: Tree, start: &[u8]) -> KvIter<'a> {
+        self.inner.range_from(tree, start)
+    }
+    fn scan_prefix<'a>(&'a self, tree: Tree, prefix: &[u8]) -> KvIter<'a> {
+        self.inner.scan_prefix(tree, prefix)
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        if self.fail_flush.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Io("disk on fire".into()));
+        }
+        self.inner.flush()
+    }
+}
+
+fn gated(dir: &Path, gate_open: bool) -> Arc<GatedStore> {
+    Arc::new(GatedStore {
+        inner: SledStore::open(&dir.join("gated"), 1 << 20).unwrap(),
+        gate: Mutex::new(gate_open),
+        opened: Condvar::new(),
+        fail_flush: std::sync::atomic::AtomicBool::new(false),
+    })
+}
+
+fn signer() -> ed25519_dalek::SigningKey {
+    ed25519_dalek::SigningKey::from_bytes(&KEY_SEED)
+}
+
+fn meta(id: &str) -> SessionMeta {
+    SessionMeta {
+        session_id: id.into(),
+        kind: SessionKind::Exec,
+        pod: "web-0".into(),
+        namespace: "prod".into(),
+        container: "app".into(),
+        command: vec!["sh".into()],
+        tty: true,
+        stdin: true,
+        ports: vec![],
+        identity: None,
+        protocol: SessionProtocol::Spdy,
+        start_ns: 0,
+        request_seq: Some(1),
+    }
+}
+
+/// Waits for the session writer thread to drain (bounded; no timing assertion).
+fn wait_until(mut done: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if done() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("condition not reached");
+}
+
+#[tokio::test]
+async fn a_durable_append_fails_closed_when_the_flush_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = gated(dir.path(), true);
+    let recorder = Recorder::with_store(
+        store.clone(),
+        signer(),
+        &config(dir.path()),
+        metrics(),
+    )
+    .unwrap();
+    recorder
+        .append_durable(request("a", "create"))
+        .await
+        .unwrap();
+    store
+        .fail_flush
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let err = recorder
+        .append_durable(request("a", "delete"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RecordError::FlushFailed(_)), "{err}");
+    store
+        .fail_flush
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    recorder
+        .append_durable(request("a", "patch"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn sessions_record_frames_in_order_and_close_with_totals() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let recorder = Recorder::open(&cfg, metrics()).unwrap();
+    let writer = recorder.open_session(meta("sess-1")).unwrap();
+    let other_half = writer.clone();
+    writer
+        .frame(FrameKind::Resize, br#"{"Width":100,"Height":30}"#)
+        .unwrap();
+    other_half.frame(FrameKind::Stdin, b"echo hi\r").unwrap();
+    writer.frame(FrameKind::Stdout, b"echo hi\r\nhi\r\n").unwrap();
+    writer.frame(FrameKind::Stderr, b"warn\n").unwrap();
+    writer
+        .frame(FrameKind::Status, br#"{"status":"Success"}"#)
+        .unwrap();
+    writer.close(Some(0), None);
+    assert!(matches!(
+        other_half.frame(FrameKind::Stdout, b"late"),
+        Err(RecordError::SessionClosed)
+    ));
+    drop(other_half);
+    let store = recorder.store();
+    wait_until(|| {
+        find_session(store.as_ref(), "sess-1")
+            .map(|s| s.end_ns.is_some())
+            .unwrap_or(false)
+    });
+    let session = find_session(store.as_ref(), "sess-1").unwrap();
+    assert_eq!(session, find_session(store.as_ref(), "0").unwrap());
+    assert_eq!(session.exit_code, Some(0));
+    assert_eq!(
+        (session.stdin_bytes, session.stdout_bytes, session.stderr_bytes),
+        (8, 13, 5)
+    );
+    assert_eq!(session.frames, 5);
+    assert!(session.meta.start_ns > 0);
+    let frames = session_frames(store.as_ref(), session.seq).unwrap();
+    let kinds: Vec<FrameKind> = frames
+        .iter()
+        .map(|f| match &f.event {
+            FrameEvent::Data { kind, .. } => *kind,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            FrameKind::Resize,
+            FrameKind::Stdin,
+            FrameKind::Stdout,
+            FrameKind::Stderr,
+            FrameKind::Status
+        ]
+    );
+    assert!(frames.windows(2).all(|w| w[0].t_us <= w[1].t_us));
+    let cast = replay::to_asciicast(&session, &frames);
+    assert!(cast.starts_with(r#"{"#) && cast.contains(r#""i","echo hi\r""#), "{cast}");
+    assert_eq!(list_sessions(store.as_ref()).unwrap().len(), 1);
+    assert!(matches!(
+        find_session(store.as_ref(), "nope"),
+        Err(RecordError::NoSuchSession(_))
+    ));
+}
+
+#[tokio::test]
+async fn port_forward_payload_is_counted_and_stored_only_when_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let recorder = Recorder::open(&cfg, metrics()).unwrap();
+    let mut m = meta("pf-1");
+    m.kind = SessionKind::PortForward;
+    m.ports = vec![8080];
+    let writer = recorder.open_session(m).unwrap();
+    writer
+        .frame(FrameKind::PortForwardOpen { port: 8080, stream: 1 }, b"")
+        .unwrap();
+    for (to_pod, data) in [(true, &b"GET /"[..]), (false, &b"HTTP/1.1 200 OK"[..])] {
+        writer
+            .frame(
+                FrameKind::PortForwardData {
+                    port: 8080,
+                    stream: 1,
+                    to_pod,
+                },
+                data,
+            )
+            .unwrap();
+    }
+    writer.close(None, None);
+    let store = recorder.store();
+    wait_until(|| {
+        find_session(store.as_ref(), "pf-1")
+            .map(|s| s.end_ns.is_some())
+            .unwrap_or(false)
+    });
+    let s = find_session(store.as_ref(), "pf-1").unwrap();
+    assert_eq!(s.port_forward.len(), 1);
+    assert_eq!(
+        (s.port_forward[0].bytes_to_pod, s.port_forward[0].bytes_from_pod),
+        (5, 15)
+    );
+    let frames = session_frames(store.as_ref(), s.seq).unwrap();
+    assert_eq!(frames.len(), 1, "payload not stored by default: {frames:?}");
+}
+
+#[tokio::test]
+async fn a_session_that_outruns_the_disk_is_terminated_with_a_marker() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = gated(dir.path(), false);
+    let mut cfg = config(dir.path());
+    cfg.session_queue_max_bytes = 64 * 1024;
+    let m = metrics();
+    let recorder = Recorder::with_store(store.clone(), signer(), &cfg, m.clone()).unwrap();
+    let writer = recorder.open_session(meta("flood")).unwrap();
+    let chunk = vec![b'x'; 16 * 1024];
+    let mut accepted = 0;
+    let err = loop {
+        match writer.frame(FrameKind::Stdout, &chunk) {
+            Ok(()) => accepted += 1,
+            Err(e) => break e,
+        }
+        assert!(accepted < 100, "never overflowed");
+    };
+    assert!(matches!(err, RecordError::SessionOverflow { .. }), "{err}");
+    assert!(matches!(
+        writer.frame(FrameKind::Stdout, b"more"),
+        Err(RecordError::SessionOverflow { .. })
+    ));
+    assert_eq!(
+        m.session_overflows.with_label_values(&["terminate"]).get(),
+        1
+    );
+    assert!(m.session_queue_bytes.get() > 0);
+    store.open_gate();
+    writer.close(None, Some("recording overflow".into()));
+    wait_until(|| {
+        find_session(store.as_ref(), "flood")
+            .map(|s| s.end_ns.is_some())
+            .unwrap_or(false)
+    });
+    let s = find_session(store.as_ref(), "flood").unwrap();
+    assert!(s.overflowed);
+    let frames = session_frames(store.as_ref(), s.seq).unwrap();
+    assert_eq!(frames.len(), accepted + 1);
+    assert!(matches!(
+        frames.last().unwrap().event,
+        FrameEvent::Overflow { .. }
+    ));
+    assert_eq!(m.session_queue_bytes.get(), 0);
+}
+
+#[tokio::test]
+async fn mark_gap_drops_frames_and_records_how_much() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = gated(dir.path(), false);
+    let mut cfg = config(dir.path());
+    cfg.session_queue_max_bytes = 64 * 1024;
+    cfg.on_session_overflow = OverflowPolicy::MarkGap;
+    let m = metrics();
+    let recorder = Recorder::with_store(store.clone(), signer(), &cfg, m.clone()).unwrap();
+    let writer = recorder.open_session(meta("gappy")).unwrap();
+    let chunk = vec![b'y'; 16 * 1024];
+    for _ in 0..10 {
+        writer.frame(FrameKind::Stdout, &chunk).unwrap();
+    }
+    let dropped = m.session_dropped_bytes.get();
+    assert!(dropped > 0);
+    store.open_gate();
+    wait_until(|| m.session_queue_bytes.get() == 0);
+    writer.frame(FrameKind::Stdout, b"after").unwrap();
+    writer.close(Some(0), None);
+    wait_until(|| {
+        find_session(store.as_ref(), "gappy")
+            .map(|s| s.end_ns.is_some())
+            .unwrap_or(false)
+    });
+    let s = find_session(store.as_ref(), "gappy").unwrap();
+    assert_eq!(s.dropped_bytes, dropped);
+    assert!(!s.overflowed);
+    let frames = session_frames(store.as_ref(), s.seq).unwrap();
+    let gap = frames
+        .iter()
+        .find_map(|f| match f.event {
+            FrameEvent::Gap { dropped_bytes, .. } => Some(dropped_bytes),
+            _ => None,
+        })
+        .expect("a gap marker");
+    assert_eq!(gap, dropped);
+    assert!(matches!(
+        &frames.last().unwrap().event,
+        FrameEvent::Data { data, .. } if data == b"after"
+    ));
+}
+
+#[tokio::test]
+async fn bodies_are_cut_to_the_limit_and_query_filters() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.max_body_bytes = 4;
+    let recorder = Recorder::open(&cfg, metrics()).unwrap();
+    let mut r = sample_request("alice", "create", "prod");
+    r.body = Some(b"{\"kind\":\"Pod\"}".to_vec());
+    let seq = recorder
+        .append_durable(AuditEntry::Request(r))
+        .await
+        .unwrap();
+    recorder
+        .append(AuditEntry::Completion(CompletionEntry {
+            id: "x".into(),
+            time_ns: now_unix_nanos(),
+            node: String::new(),
+            request_seq: seq,
+            status: Some(201),
+            latency_us: 1500,
+            request_bytes: 14,
+            response_bytes: 300,
+            error: None,
+        }))
+        .unwrap();
+    let mut denied = sample_request("bob", "delete", "kube-system");
+    denied.decision = Decision::Deny;
+    denied.status = Some(403);
+    recorder.append(AuditEntry::Request(denied)).unwrap();
+    recorder.append(request("alice", "get")).unwrap();
+    let store = recorder.store();
+
+    let all = query(store.as_ref(), &AuditFilter::default()).unwrap();
+    assert_eq!(all.len(), 3, "completions join their request");
+    let first = &all[0];
+    assert_eq!(first.request.body.as_deref(), Some(&b"{\"ki"[..]));
+    assert!(first.request.body_truncated);
+    assert_eq!(first.completion.as_ref().unwrap().1.status, Some(201));
+    let json = query::row_json(first);
+    assert_eq!(json["status"], 201);
+    assert_eq!(json["user"], "alice");
+    assert_eq!(json["body"], "{\"ki");
+
+    let by = |f: AuditFilter| -> Vec<u64> {
+        query(store.as_ref(), &f)
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect()
+    };
+    assert_eq!(
+        by(AuditFilter {
+            user: Some("alice".into()),
+            ..Default::default()
+        }),
+        vec![0, 3]
+    );
+    assert_eq!(
+        by(AuditFilter {
+            decision: Some(Decision::Deny),
+            ..Default::default()
+        }),
+        vec![2]
+    );
+    assert_eq!(
+        by(AuditFilter {
+            namespace: Some("kube-system".into()),
+            verb: Some("delete".into()),
+            resource: Some("pods".into()),
+            ..Default::default()
+        }),
+        vec![2]
+    );
+    assert_eq!(
+        by(AuditFilter {
+            resource: Some("pods/exec".into()),
+            ..Default::default()
+        }),
+        Vec::<u64>::new()
+    );
+    assert_eq!(
+        by(AuditFilter {
+            until_ns: Some(1),
+            ..Default::default()
+        }),
+        Vec::<u64>::new()
+    );
+    let table = query::format_table(&all);
+    assert_eq!(table.lines().count(), 4);
+    assert!(table.contains("deny"));
+}
+
+#[test]
+fn config_keys_and_defaults() {
+    let cfg: RecordConfig = serde_saphyr::from_str(
+        "path: /var/lib/portcullis\nsigning_key_file: /etc/portcullis/audit.pem\non_session_overflow: mark_gap\nretention:\n  max_age_days: 90\n",
+    )
+    .unwrap();
+    assert_eq!(cfg.read_flush_interval_ms, 50);
+    assert_eq!(cfg.checkpoint_every_records, 1000);
+    assert_eq!(cfg.on_session_overflow, OverflowPolicy::MarkGap);
+    assert_eq!(cfg.retention.max_age_days, Some(90));
+    assert_eq!(cfg.retention.interval_seconds, 3600);
+    assert!(cfg.validate().is_ok());
+    assert!(serde_saphyr::from_str::<RecordConfig>("pth: /x\n").is_err());
+    let no_key: RecordConfig = serde_saphyr::from_str("path: /x\n").unwrap();
+    assert!(no_key.validate().unwrap_err().contains("signing_key_file"));
+    assert!(!RecordConfig::default().enabled());
+}
