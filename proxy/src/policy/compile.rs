@@ -52,7 +52,8 @@ const NON_RESOURCE_VERBS: &[&str] = &["get", "head", "post", "put", "patch", "de
 pub(crate) enum StrPattern {
     Any,
     Exact(String),
-    Glob(String, GlobMatcher),
+    // Boxed: a matcher is large, and most patterns are literals.
+    Glob(String, Box<GlobMatcher>),
 }
 
 impl StrPattern {
@@ -68,7 +69,10 @@ impl StrPattern {
             .backslash_escape(true)
             .build()
             .map_err(|e| format!("bad glob {text:?}: {}", e.kind()))?;
-        Ok(StrPattern::Glob(text.to_owned(), glob.compile_matcher()))
+        Ok(StrPattern::Glob(
+            text.to_owned(),
+            Box::new(glob.compile_matcher()),
+        ))
     }
 
     pub(crate) fn is_match(&self, s: &str) -> bool {
@@ -135,7 +139,11 @@ impl Patterns {
     pub(crate) fn describe(&self) -> String {
         match &self.0 {
             None => "(any)".into(),
-            Some(list) => list.iter().map(StrPattern::text).collect::<Vec<_>>().join(", "),
+            Some(list) => list
+                .iter()
+                .map(StrPattern::text)
+                .collect::<Vec<_>>()
+                .join(", "),
         }
     }
 
@@ -286,7 +294,12 @@ pub(crate) struct ResourceSet {
 }
 
 impl ResourceSet {
-    pub(crate) fn find(&self, group: &str, resource: &str, subresource: &str) -> Option<(&str, &str)> {
+    pub(crate) fn find(
+        &self,
+        group: &str,
+        resource: &str,
+        subresource: &str,
+    ) -> Option<(&str, &str)> {
         let g = self.api_groups.find(group)?;
         let r = self
             .resources
@@ -375,11 +388,12 @@ impl NamespaceMatcher {
     }
 
     fn specificity(&self) -> u32 {
-        let names = self.names.iter().map(StrPattern::specificity).min();
-        match (names, self.cluster) {
-            (Some(n), _) => n,
-            (None, _) => 2,
-        }
+        // Only `cluster` is as narrow as a literal name.
+        self.names
+            .iter()
+            .map(StrPattern::specificity)
+            .min()
+            .unwrap_or(2)
     }
 }
 
@@ -521,7 +535,13 @@ fn compile_api_groups(list: Option<&Vec<String>>) -> Result<Patterns, String> {
     // `core` is accepted for the group whose name is "" (YAML makes `""` easy to get wrong).
     let normalized = list.map(|l| {
         l.iter()
-            .map(|g| if g == "core" { String::new() } else { g.clone() })
+            .map(|g| {
+                if g == "core" {
+                    String::new()
+                } else {
+                    g.clone()
+                }
+            })
             .collect::<Vec<_>>()
     });
     Patterns::compile("api_groups", normalized.as_ref())
@@ -565,7 +585,11 @@ fn compile_rule(r: &RuleConfig, at: &SourceLocation) -> Result<Rule, PolicyError
             resource_names: Patterns::compile("resource_names", r.resource_names.as_ref())
                 .map_err(err)?,
         };
-        (action, Patterns::compile("verbs", Some(&verbs)).map_err(err)?, target)
+        (
+            action,
+            Patterns::compile("verbs", Some(&verbs)).map_err(err)?,
+            target,
+        )
     } else {
         let Some(action) = r.action else {
             return Err(err(
@@ -574,7 +598,7 @@ fn compile_rule(r: &RuleConfig, at: &SourceLocation) -> Result<Rule, PolicyError
         };
         let Some(verb_list) = r.verbs.as_ref() else {
             return Err(err(
-                "`verbs` is missing (write [\"*\"] to mean every verb)".into(),
+                "`verbs` is missing (write [\"*\"] to mean every verb)".into()
             ));
         };
         let target = match (&r.resources, &r.non_resource_urls) {
@@ -591,7 +615,9 @@ fn compile_rule(r: &RuleConfig, at: &SourceLocation) -> Result<Rule, PolicyError
             (Some(resources), None) => {
                 check_verbs(verb_list, RESOURCE_VERBS, "resource").map_err(err)?;
                 if resources.is_empty() {
-                    return Err(err("`resources` is an empty list, which matches nothing".into()));
+                    return Err(err(
+                        "`resources` is an empty list, which matches nothing".into()
+                    ));
                 }
                 let resources = resources
                     .iter()
@@ -609,11 +635,8 @@ fn compile_rule(r: &RuleConfig, at: &SourceLocation) -> Result<Rule, PolicyError
                         .map(|n| NamespaceMatcher::compile("namespaces", n))
                         .transpose()
                         .map_err(err)?,
-                    resource_names: Patterns::compile(
-                        "resource_names",
-                        r.resource_names.as_ref(),
-                    )
-                    .map_err(err)?,
+                    resource_names: Patterns::compile("resource_names", r.resource_names.as_ref())
+                        .map_err(err)?,
                 }
             }
             (None, Some(urls)) => {
@@ -649,7 +672,9 @@ fn compile_rule(r: &RuleConfig, at: &SourceLocation) -> Result<Rule, PolicyError
     };
 
     let approvers = match (action, &r.approvers) {
-        (Action::Approve, Some(list)) if !list.is_empty() && list.iter().all(|g| !g.trim().is_empty()) => {
+        (Action::Approve, Some(list))
+            if !list.is_empty() && list.iter().all(|g| !g.trim().is_empty()) =>
+        {
             list.clone()
         }
         (Action::Approve, _) => {
@@ -734,6 +759,7 @@ impl Compiled {
         rules: &[Spanned<RuleConfig>],
         scopes: &[Spanned<ScopeConfig>],
         names: &mut HashMap<String, SourceLocation>,
+        is_inline: bool,
     ) -> Result<(), PolicyError> {
         for r in rules {
             let at = location(file, r);
@@ -753,7 +779,9 @@ impl Compiled {
             let index = self.scopes.len() + 1;
             self.scopes.push(compile_scope(&s.value, &at, index)?);
         }
-        self.sources.push(file.to_string());
+        if !(is_inline && rules.is_empty() && scopes.is_empty()) {
+            self.sources.push(file.to_string());
+        }
         Ok(())
     }
 }
@@ -766,7 +794,8 @@ pub(crate) fn parse_yaml<T: serde::de::DeserializeOwned>(
     let key = std::cell::RefCell::new(String::new());
     let parsed = serde_saphyr::with_deserializer_from_str(text, |de| {
         serde_path_to_error::deserialize(de).map_err(|e| {
-            *key.borrow_mut() = e.path().to_string();
+            // `Spanned` wrappers show up as a `.value` segment; the user never wrote it.
+            *key.borrow_mut() = e.path().to_string().replace("].value", "]");
             e.into_inner()
         })
     });
@@ -802,10 +831,7 @@ pub fn policy_files(cfg: &PolicyConfig, base_dir: &Path) -> Result<Vec<PathBuf>,
                     error,
                 })?;
                 let p = item.path();
-                let yaml = matches!(
-                    p.extension().and_then(|e| e.to_str()),
-                    Some("yaml" | "yml")
-                );
+                let yaml = matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"));
                 if yaml && p.is_file() {
                     found.push(p);
                 }
@@ -828,12 +854,12 @@ pub(crate) fn compile_config(
     let mut compiled = Compiled::default();
     let mut names = HashMap::new();
     let inline: Arc<str> = Arc::from(inline_source);
-    compiled.add(&inline, &cfg.rules, &cfg.scopes, &mut names)?;
+    compiled.add(&inline, &cfg.rules, &cfg.scopes, &mut names, true)?;
     for path in policy_files(cfg, base_dir)? {
         let text = read(&path)?;
         let file: PolicyFile = parse_yaml(&text, &path)?;
         let label: Arc<str> = Arc::from(path.display().to_string());
-        compiled.add(&label, &file.rules, &file.scopes, &mut names)?;
+        compiled.add(&label, &file.rules, &file.scopes, &mut names, false)?;
     }
     Ok(compiled)
 }

@@ -149,10 +149,10 @@ fn match_rule(rule: &Rule, s: &Subject, info: &RequestInfo) -> Result<(), Miss> 
             if !info.is_resource_request {
                 return Err(Miss::NotResource);
             }
-            if !sets
-                .iter()
-                .any(|set| set.find(&info.api_group, &info.resource, &info.subresource).is_some())
-            {
+            if !sets.iter().any(|set| {
+                set.find(&info.api_group, &info.resource, &info.subresource)
+                    .is_some()
+            }) {
                 return Err(Miss::Resource);
             }
             if let Some(ns) = namespaces {
@@ -242,10 +242,7 @@ fn explain_miss(rule: &Rule, miss: Miss, s: &Subject, info: &RequestInfo) -> Str
                 } => ns.describe(),
                 _ => String::new(),
             };
-            format!(
-                "namespace {} is not in [{allowed}]",
-                namespace_text(info)
-            )
+            format!("namespace {} is not in [{allowed}]", namespace_text(info))
         }
         Miss::ResourceName => {
             let names = match &rule.target {
@@ -304,10 +301,14 @@ fn explain_match(rule: &Rule, s: &Subject, info: &RequestInfo) -> Vec<String> {
                 .iter()
                 .find_map(|set| set.find(&info.api_group, &info.resource, &info.subresource))
             {
+                let group = if g == "(any)" {
+                    "any group".to_owned()
+                } else {
+                    format!("group {:?} matches {g:?}", info.api_group)
+                };
                 reasons.push(format!(
-                    "resource {} matches {r:?} (group {:?} matches {g:?})",
-                    resource_text(info),
-                    info.api_group
+                    "resource {} matches {r:?} ({group})",
+                    resource_text(info)
                 ));
             }
             match namespaces {
@@ -348,11 +349,7 @@ fn namespace_text(info: &RequestInfo) -> String {
 /// namespaces or cluster-wide` / `GET /metrics`.
 pub(crate) fn describe_request(info: &RequestInfo) -> String {
     if !info.is_resource_request {
-        return format!(
-            "{} {}",
-            info.verb.as_str().to_ascii_uppercase(),
-            info.path
-        );
+        return format!("{} {}", info.verb.as_str().to_ascii_uppercase(), info.path);
     }
     let mut out = format!("{} {}", info.verb.as_str(), resource_text(info));
     if !info.api_group.is_empty() {
@@ -410,7 +407,10 @@ fn scope_decision(
     info: &RequestInfo,
     trace: Option<&mut Trace>,
 ) -> Option<Decision> {
-    let mut applying = scopes.iter().filter(|sc| subject_matches(&sc.subjects, s)).peekable();
+    let mut applying = scopes
+        .iter()
+        .filter(|sc| subject_matches(&sc.subjects, s))
+        .peekable();
     let first = applying.peek().copied()?;
     let applying: Vec<&Scope> = applying.collect();
     let within = info.is_resource_request

@@ -110,7 +110,9 @@ impl PolicyReloader {
 
     fn section(&self) -> Result<(PolicyConfig, PathBuf, String), PolicyError> {
         match &self.source {
-            Source::Section { cfg, base_dir } => Ok((cfg.clone(), base_dir.clone(), "config".into())),
+            Source::Section { cfg, base_dir } => {
+                Ok((cfg.clone(), base_dir.clone(), "config".into()))
+            }
             Source::ConfigFile(path) => {
                 let text = std::fs::read_to_string(path).map_err(|error| PolicyError::Read {
                     path: path.clone(),

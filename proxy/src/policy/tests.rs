@@ -107,7 +107,8 @@ fn empty_policy_denies_all_but_discovery_and_self_reviews() {
         ("alice", &[], "POST", "/apis/authorization.k8s.io/v1/namespaces/a/selfsubjectaccessreviews", "deny:-"),
     ];
     run_table(&p, cases);
-    let Decision::Deny { message, .. } = decide_as(&p, "alice", &[], "DELETE", "/api/v1/namespaces/prod")
+    let Decision::Deny { message, .. } =
+        decide_as(&p, "alice", &[], "DELETE", "/api/v1/namespaces/prod")
     else {
         panic!("default deny expected");
     };
@@ -164,7 +165,13 @@ fn deny_beats_approve_beats_allow() {
     assert_eq!(message, "secrets in prod are off limits");
     let Decision::NeedsApproval {
         approvers, message, ..
-    } = decide_as(&p, "alice", &["devs"], "DELETE", "/api/v1/namespaces/dev/pods/p")
+    } = decide_as(
+        &p,
+        "alice",
+        &["devs"],
+        "DELETE",
+        "/api/v1/namespaces/dev/pods/p",
+    )
     else {
         panic!("approval expected");
     };
@@ -215,11 +222,11 @@ rules:
     message: second of two equally specific rules
 "#,
     );
-    let message = |user: &str, method: &str, target: &str| match decide_as(&p, user, &[], method, target)
-    {
-        Decision::Deny { message, .. } => message,
-        other => panic!("deny expected, got {other:?}"),
-    };
+    let message =
+        |user: &str, method: &str, target: &str| match decide_as(&p, user, &[], method, target) {
+            Decision::Deny { message, .. } => message,
+            other => panic!("deny expected, got {other:?}"),
+        };
     assert_eq!(
         message("alice", "DELETE", "/api/v1/namespaces/prod"),
         "do not delete prod, alice"
@@ -293,7 +300,8 @@ fn a_namespace_scope_denies_everything_outside_it() {
         ("alice", &["devs"], "GET", "/api/v1/namespaces/prod/pods", "deny:-"),
     ];
     run_table(&p, cases);
-    let Decision::Deny { message, .. } = decide_as(&p, "agent", agent, "GET", "/api/v1/pods") else {
+    let Decision::Deny { message, .. } = decide_as(&p, "agent", agent, "GET", "/api/v1/pods")
+    else {
         panic!("deny expected");
     };
     assert!(message.contains("[dev]"), "{message}");
@@ -506,14 +514,62 @@ rules:
         let got = short(&p.decide(&s, &request("GET", target), SystemTime::now()));
         assert_eq!(got, want, "{user} {g:?} {issuer} {target}");
     };
-    check("alice", &[], "x", "/api/v1/namespaces/a/pods/p", "allow:alice-or-devs");
-    check("bob", &["devs"], "x", "/api/v1/namespaces/a/pods/p", "allow:alice-or-devs");
-    check("bob", &["ops"], "x", "/api/v1/namespaces/a/pods/p", "deny:-");
-    check("bob", &["ops"], "https://idp.example", "/api/v1/namespaces/a/services/s", "allow:from-corp-idp");
-    check("bob", &["ops"], "https://evil.example", "/api/v1/namespaces/a/services/s", "deny:-");
-    check("bob", &["devs"], "https://idp.example", "/api/v1/namespaces/a/services/s", "deny:-");
-    check("x", &[], "https://other.example", "/api/v1/namespaces/a/configmaps/c", "allow:anyone-from-other");
-    check("x", &[], "https://idp.example", "/api/v1/namespaces/a/configmaps/c", "deny:-");
+    check(
+        "alice",
+        &[],
+        "x",
+        "/api/v1/namespaces/a/pods/p",
+        "allow:alice-or-devs",
+    );
+    check(
+        "bob",
+        &["devs"],
+        "x",
+        "/api/v1/namespaces/a/pods/p",
+        "allow:alice-or-devs",
+    );
+    check(
+        "bob",
+        &["ops"],
+        "x",
+        "/api/v1/namespaces/a/pods/p",
+        "deny:-",
+    );
+    check(
+        "bob",
+        &["ops"],
+        "https://idp.example",
+        "/api/v1/namespaces/a/services/s",
+        "allow:from-corp-idp",
+    );
+    check(
+        "bob",
+        &["ops"],
+        "https://evil.example",
+        "/api/v1/namespaces/a/services/s",
+        "deny:-",
+    );
+    check(
+        "bob",
+        &["devs"],
+        "https://idp.example",
+        "/api/v1/namespaces/a/services/s",
+        "deny:-",
+    );
+    check(
+        "x",
+        &[],
+        "https://other.example",
+        "/api/v1/namespaces/a/configmaps/c",
+        "allow:anyone-from-other",
+    );
+    check(
+        "x",
+        &[],
+        "https://idp.example",
+        "/api/v1/namespaces/a/configmaps/c",
+        "deny:-",
+    );
 }
 
 #[test]
@@ -559,7 +615,10 @@ rules:
         mask: MaskChoice::Profile("default".into()),
         record: RecordLevel::Metadata,
     };
-    assert_eq!(obligations("u", &[], "GET", "/api/v1/namespaces/a/secrets/s"), default);
+    assert_eq!(
+        obligations("u", &[], "GET", "/api/v1/namespaces/a/secrets/s"),
+        default
+    );
     assert_eq!(
         obligations("u", &["admins"], "GET", "/api/v1/namespaces/a/secrets/s"),
         Obligations {
@@ -569,7 +628,10 @@ rules:
     );
     // The rule that decides is the most specific allow rule: `admins-unmasked` does not cover
     // configmaps, so the general rule's defaults apply.
-    assert_eq!(obligations("u", &["admins"], "GET", "/api/v1/namespaces/a/configmaps"), default);
+    assert_eq!(
+        obligations("u", &["admins"], "GET", "/api/v1/namespaces/a/configmaps"),
+        default
+    );
     assert_eq!(
         obligations("u", &["auditors"], "GET", "/api/v1/namespaces/a/configmaps"),
         Obligations {
@@ -593,7 +655,7 @@ fn compile_errors_name_the_line() {
     #[rustfmt::skip]
     let cases: &[(&str, &[&str])] = &[
         // Unknown keys and values are parse errors with the parser's line.
-        ("rules:\n  - name: a\n    subjects: {users: [a]}\n    verb: [get]\n", &["verb", "line 4"]),
+        ("rules:\n  - name: a\n    subjects: {users: [a]}\n    verb: [get]\n", &["at `rules[0].verb`", "line 4"]),
         ("rules:\n  - name: a\n    subjects: {users: [a]}\n    preset: no-deletes\n", &["no-deletes", "line 4"]),
         ("rules:\n  - name: a\n    subjects: {users: [a]}\n    verbs: [get]\n    resources: [pods]\n    action: permit\n", &["permit", "line 6"]),
         ("rules:\n  - name: a\n    subjects: {user: [a]}\n", &["user", "line 3"]),
@@ -627,7 +689,10 @@ fn compile_errors_name_the_line() {
     for (yaml, wants) in cases {
         let err = compile_error(yaml);
         for want in *wants {
-            assert!(err.contains(want), "error {err:?} lacks {want:?} for\n{yaml}");
+            assert!(
+                err.contains(want),
+                "error {err:?} lacks {want:?} for\n{yaml}"
+            );
         }
     }
 }
@@ -681,8 +746,16 @@ fn gateway_config_with_inline_rules_and_files() {
     std::fs::write(&config_path, GATEWAY_CONFIG).expect("write");
 
     let p = Policy::load_file(&config_path).expect("loads");
-    assert_eq!(p.rule_names().collect::<Vec<_>>(), ["inline-read", "file-no-exec"]);
-    assert!(p.summary().contains("2 rules (1 allow, 1 deny, 0 approve), 1 scopes"), "{}", p.summary());
+    assert_eq!(
+        p.rule_names().collect::<Vec<_>>(),
+        ["inline-read", "file-no-exec"]
+    );
+    assert!(
+        p.summary()
+            .contains("2 rules (1 allow, 1 deny, 0 approve), 1 scopes"),
+        "{}",
+        p.summary()
+    );
     // Line numbers of inline rules point into the gateway config.
     let e = p.explain(
         &Subject {
@@ -699,6 +772,15 @@ fn gateway_config_with_inline_rules_and_files() {
         format!("{}:2", dir.join("policies/10-deny.yaml").display())
     );
 
+    // A policy file on its own, as `policy check` takes it.
+    let single = Policy::load_file(&dir.join("policies/10-deny.yaml")).expect("loads");
+    assert_eq!(single.rule_names().collect::<Vec<_>>(), ["file-no-exec"]);
+    assert!(
+        single.summary().ends_with("10-deny.yaml"),
+        "{}",
+        single.summary()
+    );
+
     // The same through Config::load + from_config, as the gateway does.
     let config = crate::config::Config::load(&config_path).expect("config");
     let q = Policy::from_config(&config.policy, &dir).expect("compiles");
@@ -710,20 +792,29 @@ fn gateway_config_with_inline_rules_and_files() {
         "rules:\n  - name: ok\n    subjects: {users: [a]}\n    preset: no-exec\n  - name: bad\n    subjects: {users: [a]}\n    preset: no-exec\n    resources: [pods]\n",
     )
     .expect("write");
-    let err = Policy::load_file(&config_path).expect_err("bad file").to_string();
+    let err = Policy::load_file(&config_path)
+        .expect_err("bad file")
+        .to_string();
     assert!(err.contains("20-bad.yaml:5"), "{err}");
     // A missing file too.
     std::fs::remove_file(dir.join("extra.yaml")).expect("rm");
     std::fs::remove_file(dir.join("policies/20-bad.yaml")).expect("rm");
-    let err = Policy::load_file(&config_path).expect_err("missing").to_string();
+    let err = Policy::load_file(&config_path)
+        .expect_err("missing")
+        .to_string();
     assert!(err.contains("extra.yaml"), "{err}");
     // An unknown key inside the inline section: the gateway config's parser reports the line.
     std::fs::write(
         &config_path,
-        GATEWAY_CONFIG.replace("      preset: read-only\n", "      preset: read-only\n      colour: blue\n"),
+        GATEWAY_CONFIG.replace(
+            "      preset: read-only\n",
+            "      preset: read-only\n      colour: blue\n",
+        ),
     )
     .expect("write");
-    let err = Policy::load_file(&config_path).expect_err("unknown key").to_string();
+    let err = Policy::load_file(&config_path)
+        .expect_err("unknown key")
+        .to_string();
     assert!(err.contains("colour") && err.contains("line 18"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -774,7 +865,11 @@ fn explanation_lists_matches_and_reasons() {
     }
 
     // A scope denial shows the scope.
-    let e = p.explain(&subject, &request("GET", "/api/v1/namespaces/prod/pods"), SystemTime::now());
+    let e = p.explain(
+        &subject,
+        &request("GET", "/api/v1/namespaces/prod/pods"),
+        SystemTime::now(),
+    );
     let text = render_explanation(&e, true);
     for want in [
         "  DENY by rule \"mcp-agents-dev-only\"\n",
@@ -795,8 +890,14 @@ fn explanation_lists_matches_and_reasons() {
     let e = p.explain(&subject, &request("GET", "/apis"), SystemTime::now());
     let text = render_explanation(&e, false);
     assert!(text.contains("  ALLOW by built-in\n"), "{text}");
-    assert!(text.contains("  kind:        non-resource request\n"), "{text}");
-    assert!(text.contains("because: built-in allowance: API discovery"), "{text}");
+    assert!(
+        text.contains("  kind:        non-resource request\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("because: built-in allowance: API discovery"),
+        "{text}"
+    );
     let other = vec![];
     let e = p.explain(
         &Subject {
@@ -826,18 +927,28 @@ fn reloader_swaps_valid_policies_and_keeps_the_old_on_errors() {
         ..PolicyConfig::default()
     };
     let handle = PolicyHandle::new(Policy::from_config(&cfg, &dir).expect("compiles"));
-    let counter = prometheus::IntCounterVec::new(
-        prometheus::Opts::new("reloads", "test"),
-        &["result"],
-    )
-    .expect("counter");
+    let counter =
+        prometheus::IntCounterVec::new(prometheus::Opts::new("reloads", "test"), &["result"])
+            .expect("counter");
     let reloader = PolicyReloader::new(handle.clone(), cfg, dir.clone(), counter.clone());
-    let get = || short(&decide_as(&handle.current(), "alice", &[], "GET", "/api/v1/namespaces/a/pods"));
+    let get = || {
+        short(&decide_as(
+            &handle.current(),
+            "alice",
+            &[],
+            "GET",
+            "/api/v1/namespaces/a/pods",
+        ))
+    };
 
     assert_eq!(reloader.check(), ReloadOutcome::Unchanged);
     assert_eq!(get(), "allow:v1");
 
-    std::fs::write(&file, allow.replace("v1", "v2").replace("read-only", "no-exec")).expect("write");
+    std::fs::write(
+        &file,
+        allow.replace("v1", "v2").replace("read-only", "no-exec"),
+    )
+    .expect("write");
     assert!(matches!(reloader.check(), ReloadOutcome::Reloaded(_)));
     assert_eq!(get(), "deny:-");
     assert_eq!(counter.with_label_values(&["success"]).get(), 1);
@@ -849,7 +960,11 @@ fn reloader_swaps_valid_policies_and_keeps_the_old_on_errors() {
     assert!(error.contains("policy.yaml:2"), "{error}");
     assert_eq!(get(), "deny:-", "the previous policy stays");
     assert_eq!(counter.with_label_values(&["failure"]).get(), 1);
-    assert_eq!(reloader.check(), ReloadOutcome::Unchanged, "a failed file is not retried until it changes");
+    assert_eq!(
+        reloader.check(),
+        ReloadOutcome::Unchanged,
+        "a failed file is not retried until it changes"
+    );
 
     std::fs::write(&file, allow.replace("v1", "v4")).expect("write");
     assert!(matches!(reloader.check(), ReloadOutcome::Reloaded(_)));
@@ -865,16 +980,17 @@ fn config_file_reloader_sees_inline_rules_and_the_thread_stops() {
     let config = GATEWAY_CONFIG.replace("  files: [policies, extra.yaml]\n", "");
     std::fs::write(&config_path, &config).expect("write");
     let handle = PolicyHandle::new(Policy::load_file(&config_path).expect("loads"));
-    let counter = prometheus::IntCounterVec::new(
-        prometheus::Opts::new("reloads", "test"),
-        &["result"],
-    )
-    .expect("counter");
+    let counter =
+        prometheus::IntCounterVec::new(prometheus::Opts::new("reloads", "test"), &["result"])
+            .expect("counter");
     let reloader = PolicyReloader::for_config_file(handle.clone(), config_path.clone(), counter);
     assert_eq!(reloader.check(), ReloadOutcome::Unchanged);
     std::fs::write(&config_path, config.replace("inline-read", "renamed")).expect("write");
     assert!(matches!(reloader.check(), ReloadOutcome::Reloaded(_)));
-    assert_eq!(handle.current().rule_names().collect::<Vec<_>>(), ["renamed"]);
+    assert_eq!(
+        handle.current().rule_names().collect::<Vec<_>>(),
+        ["renamed"]
+    );
 
     // The thread form starts and stops (dropping it joins the thread).
     let thread = spawn_reloader_thread(reloader).expect("spawns");
@@ -960,7 +1076,9 @@ mod properties {
     fn policy_yaml(rules: &[RuleChoice], scoped: bool, extra: &str) -> String {
         let mut out = String::new();
         if scoped {
-            out.push_str("scopes:\n  - subjects: {groups: [devs]}\n    namespaces: [dev, cluster]\n");
+            out.push_str(
+                "scopes:\n  - subjects: {groups: [devs]}\n    namespaces: [dev, cluster]\n",
+            );
         }
         if rules.is_empty() && extra.is_empty() {
             out.push_str("rules: []\n");
@@ -982,7 +1100,12 @@ mod properties {
             "/apis/apiextensions.k8s.io/v1",
             "/apis/example.com/v1",
         ]);
-        let ns = prop::sample::select(vec!["", "/namespaces/dev", "/namespaces/prod", "/namespaces/team-a"]);
+        let ns = prop::sample::select(vec![
+            "",
+            "/namespaces/dev",
+            "/namespaces/prod",
+            "/namespaces/team-a",
+        ]);
         let resource = prop::sample::select(vec![
             "pods",
             "secrets",
@@ -992,16 +1115,28 @@ mod properties {
             "customresourcedefinitions",
         ]);
         let name = prop::sample::select(vec!["", "/web-1", "/prod"]);
-        let sub = prop::sample::select(vec!["", "/exec", "/status", "/attach", "/log", "/portforward"]);
+        let sub = prop::sample::select(vec![
+            "",
+            "/exec",
+            "/status",
+            "/attach",
+            "/log",
+            "/portforward",
+        ]);
         let query = prop::sample::select(vec!["", "?watch=1", "?command=sh"]);
-        let resource_path = (prefix, ns, resource, name, sub, query).prop_map(
-            |(p, ns, r, n, s, q)| {
+        let resource_path =
+            (prefix, ns, resource, name, sub, query).prop_map(|(p, ns, r, n, s, q)| {
                 let sub = if n.is_empty() { "" } else { s };
                 format!("{p}{ns}/{r}{n}{sub}{q}")
-            },
-        );
+            });
         let non_resource = prop::sample::select(vec![
-            "/metrics", "/logs/x", "/version", "/api", "/apis/apps", "/healthz/etcd", "/",
+            "/metrics",
+            "/logs/x",
+            "/version",
+            "/api",
+            "/apis/apps",
+            "/healthz/etcd",
+            "/",
         ])
         .prop_map(String::from);
         (method, prop_oneof![resource_path, non_resource]).prop_map(|(m, t)| (m.to_string(), t))

@@ -77,7 +77,9 @@ pub fn audit_verify(
     key: Option<&Path>,
     out: &mut dyn Write,
 ) -> Result<bool, CliError> {
-    let key_file = key.map(Path::to_path_buf).or_else(|| target.key_file.clone());
+    let key_file = key
+        .map(Path::to_path_buf)
+        .or_else(|| target.key_file.clone());
     let verifying = key_file.as_deref().map(load_verifying_key).transpose()?;
     let store = open(target)?;
     let report = verify(&store, from, verifying.as_ref())?;

@@ -150,6 +150,8 @@ pub struct CompletionEntry {
 }
 
 /// What callers append.
+// Built once per request and moved straight into the recorder: boxing would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AuditEntry {
     Request(RequestEntry),
@@ -178,6 +180,8 @@ pub struct Tombstone {
 }
 
 /// Everything that can sit in the chain.
+// Built once per request and moved straight into the recorder: boxing would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ChainEntry {
     Audit(AuditEntry),

@@ -33,13 +33,13 @@ use serde::Deserialize;
 
 pub use chain::{verify, Break, BreakReason, Checkpoint, KeyTrust, VerifyReport};
 pub use entry::{
-    now_unix_nanos, AuditEntry, AuditIdentity, AuditRequest, ChainEntry, CompletionEntry,
-    Decision, Envelope, ImpersonatedIdentity, RequestEntry, Tombstone, SCHEMA_VERSION,
+    now_unix_nanos, AuditEntry, AuditIdentity, AuditRequest, ChainEntry, CompletionEntry, Decision,
+    Envelope, ImpersonatedIdentity, RequestEntry, Tombstone, SCHEMA_VERSION,
 };
 pub use retention::RetentionReport;
 pub use session::{
-    FrameEvent, FrameKind, FrameRecord, OverflowPolicy, SessionKind, SessionMeta,
-    SessionProtocol, SessionRecord, SessionWriter,
+    FrameEvent, FrameKind, FrameRecord, OverflowPolicy, SessionKind, SessionMeta, SessionProtocol,
+    SessionRecord, SessionWriter,
 };
 pub use store::{SledStore, Store, StoreError, Tree};
 
@@ -511,7 +511,8 @@ impl Recorder {
             port_forward_data: cfg.port_forward_data,
             metrics: metrics.clone(),
         });
-        let spawn_err = |e: std::io::Error| RecordError::Config(format!("cannot start a thread: {e}"));
+        let spawn_err =
+            |e: std::io::Error| RecordError::Config(format!("cannot start a thread: {e}"));
         let session_thread = {
             let store = store.clone();
             let metrics = metrics.clone();
@@ -591,11 +592,7 @@ impl Recorder {
             shared.metrics.append_errors.inc();
             return Err(RecordError::FlushFailed("store flush failed".into()));
         }
-        shared
-            .metrics
-            .appends
-            .with_label_values(&["durable"])
-            .inc();
+        shared.metrics.appends.with_label_values(&["durable"]).inc();
         Ok(seq)
     }
 

@@ -9,7 +9,9 @@ use std::fmt::Write as _;
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-use super::entry::{decode, AuditEntry, ChainEntry, CompletionEntry, Decision, Envelope, RequestEntry};
+use super::entry::{
+    decode, AuditEntry, ChainEntry, CompletionEntry, Decision, Envelope, RequestEntry,
+};
 use super::session::{FrameRecord, SessionRecord};
 use super::store::{seq_key, Store, Tree};
 use super::RecordError;
@@ -32,10 +34,13 @@ pub struct AuditFilter {
 impl AuditFilter {
     pub fn matches(&self, r: &RequestEntry) -> bool {
         let user = r.identity.as_ref().map(|i| i.user.as_str());
-        let resource_ok = self.resource.as_deref().is_none_or(|want| match want.split_once('/') {
-            Some((res, sub)) => r.request.resource == res && r.request.subresource == sub,
-            None => r.request.resource == want,
-        });
+        let resource_ok = self
+            .resource
+            .as_deref()
+            .is_none_or(|want| match want.split_once('/') {
+                Some((res, sub)) => r.request.resource == res && r.request.subresource == sub,
+                None => r.request.resource == want,
+            });
         self.user.as_deref().is_none_or(|u| user == Some(u))
             && self.verb.as_deref().is_none_or(|v| r.request.verb == v)
             && resource_ok

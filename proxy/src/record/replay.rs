@@ -366,7 +366,10 @@ mod tests {
     fn asciicast_defaults_to_80x24_without_a_resize() {
         let cast = to_asciicast(&session(), &[data(5, FrameKind::Stdout, b"x")]);
         let header: Value = serde_json::from_str(cast.lines().next().unwrap()).unwrap();
-        assert_eq!((header["width"].clone(), header["height"].clone()), (json!(80), json!(24)));
+        assert_eq!(
+            (header["width"].clone(), header["height"].clone()),
+            (json!(80), json!(24))
+        );
         assert_eq!(cast.lines().count(), 3, "{cast}");
     }
 }

@@ -119,7 +119,7 @@ fn audit_pass(
         if !too_old && !too_big {
             break;
         }
-        total -= v.len() as u64;
+        total = total.saturating_sub(v.len() as u64);
         deleted += 1;
         cut = Some((seq + 1, env.hash));
     }

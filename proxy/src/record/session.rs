@@ -119,20 +119,42 @@ pub enum FrameKind {
     /// Channel 3 / the error stream: the `Status` JSON (carries the exit code).
     Status,
     /// Port-forward payload; stored only with `record.port_forward_data`, always counted.
-    PortForwardData { port: u16, stream: u32, to_pod: bool },
-    PortForwardOpen { port: u16, stream: u32 },
-    PortForwardClose { port: u16, stream: u32 },
-    PortForwardError { port: u16, stream: u32 },
+    PortForwardData {
+        port: u16,
+        stream: u32,
+        to_pod: bool,
+    },
+    PortForwardOpen {
+        port: u16,
+        stream: u32,
+    },
+    PortForwardClose {
+        port: u16,
+        stream: u32,
+    },
+    PortForwardError {
+        port: u16,
+        stream: u32,
+    },
 }
 
 /// What a stored frame holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FrameEvent {
-    Data { kind: FrameKind, data: Vec<u8> },
+    Data {
+        kind: FrameKind,
+        data: Vec<u8>,
+    },
     /// `mark_gap`: this much was dropped here because the disk fell behind.
-    Gap { dropped_bytes: u64, dropped_frames: u64 },
+    Gap {
+        dropped_bytes: u64,
+        dropped_frames: u64,
+    },
     /// `terminate`: the budget was exceeded here and the session was ended.
-    Overflow { queued_bytes: u64, limit: u64 },
+    Overflow {
+        queued_bytes: u64,
+        limit: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -347,8 +369,7 @@ impl SessionWriter {
     fn overflow(&self, queued: usize, dropped: usize, t_us: u64) -> Result<(), RecordError> {
         let s = &self.state;
         let limit = s.ctx.max_bytes;
-        s.dropped_total
-            .fetch_add(dropped as u64, Ordering::Relaxed);
+        s.dropped_total.fetch_add(dropped as u64, Ordering::Relaxed);
         s.ctx.metrics.session_dropped_bytes.inc_by(dropped as u64);
         match s.ctx.policy {
             OverflowPolicy::Terminate => {
@@ -493,8 +514,7 @@ pub(crate) fn run_writer(
                 budget,
                 failed,
             } => {
-                if let Err(e) = store.insert(Tree::Frames, &frame_key(session_seq, index), &value)
-                {
+                if let Err(e) = store.insert(Tree::Frames, &frame_key(session_seq, index), &value) {
                     // Surfaces on the session's next frame, which ends it.
                     failed.store(true, Ordering::Release);
                     metrics.append_errors.inc();
@@ -508,13 +528,11 @@ pub(crate) fn run_writer(
                 metrics.session_queue_bytes.set(left as i64);
             }
             SessionMsg::Close { record } => {
-                let result = encode(&*record)
-                    .map_err(|e| e.to_string())
-                    .and_then(|v| {
-                        store
-                            .insert(Tree::Sessions, &seq_key(record.seq), &v)
-                            .map_err(|e| e.to_string())
-                    });
+                let result = encode(&*record).map_err(|e| e.to_string()).and_then(|v| {
+                    store
+                        .insert(Tree::Sessions, &seq_key(record.seq), &v)
+                        .map_err(|e| e.to_string())
+                });
                 if let Err(e) = result {
                     metrics.append_errors.inc();
                     tracing::error!(session_seq = record.seq, error = %e, "cannot store the session's end");

@@ -196,15 +196,31 @@ async fn swapped_records_are_found() {
     put_env(&store, 15, &b);
     put_env(&store, 16, &a);
     let brk = broken(&store, None);
-    assert_eq!((brk.seq, brk.reason), (15, BreakReason::Reordered), "{brk:?}");
+    assert_eq!(
+        (brk.seq, brk.reason),
+        (15, BreakReason::Reordered),
+        "{brk:?}"
+    );
 
     // Swapped and renumbered with valid hashes: the chain links no longer fit.
     let store = tamper_copy(&cfg, "swapped-renumbered");
     let (a, b) = (get_env(&store, 15), get_env(&store, 16));
-    put_env(&store, 15, &Envelope::seal(15, b.prev_hash, b.entry.clone()));
-    put_env(&store, 16, &Envelope::seal(16, a.prev_hash, a.entry.clone()));
+    put_env(
+        &store,
+        15,
+        &Envelope::seal(15, b.prev_hash, b.entry.clone()),
+    );
+    put_env(
+        &store,
+        16,
+        &Envelope::seal(16, a.prev_hash, a.entry.clone()),
+    );
     let brk = broken(&store, None);
-    assert_eq!((brk.seq, brk.reason), (15, BreakReason::Reordered), "{brk:?}");
+    assert_eq!(
+        (brk.seq, brk.reason),
+        (15, BreakReason::Reordered),
+        "{brk:?}"
+    );
 }
 
 #[tokio::test]
@@ -220,7 +236,14 @@ async fn a_truncated_tail_is_found() {
 
     // Reopening a truncated store for appending is refused rather than papered over.
     let cfg2 = RecordConfig {
-        path: Some(cfg.path.as_ref().unwrap().parent().unwrap().join("truncated")),
+        path: Some(
+            cfg.path
+                .as_ref()
+                .unwrap()
+                .parent()
+                .unwrap()
+                .join("truncated"),
+        ),
         ..cfg.clone()
     };
     drop(store);
@@ -457,13 +480,8 @@ fn wait_until(mut done: impl FnMut() -> bool) {
 async fn a_durable_append_fails_closed_when_the_flush_fails() {
     let dir = tempfile::tempdir().unwrap();
     let store = gated(dir.path(), true);
-    let recorder = Recorder::with_store(
-        store.clone(),
-        signer(),
-        &config(dir.path()),
-        metrics(),
-    )
-    .unwrap();
+    let recorder =
+        Recorder::with_store(store.clone(), signer(), &config(dir.path()), metrics()).unwrap();
     recorder
         .append_durable(request("a", "create"))
         .await
@@ -496,7 +514,9 @@ async fn sessions_record_frames_in_order_and_close_with_totals() {
         .frame(FrameKind::Resize, br#"{"Width":100,"Height":30}"#)
         .unwrap();
     other_half.frame(FrameKind::Stdin, b"echo hi\r").unwrap();
-    writer.frame(FrameKind::Stdout, b"echo hi\r\nhi\r\n").unwrap();
+    writer
+        .frame(FrameKind::Stdout, b"echo hi\r\nhi\r\n")
+        .unwrap();
     writer.frame(FrameKind::Stderr, b"warn\n").unwrap();
     writer
         .frame(FrameKind::Status, br#"{"status":"Success"}"#)
@@ -517,7 +537,11 @@ async fn sessions_record_frames_in_order_and_close_with_totals() {
     assert_eq!(session, find_session(store.as_ref(), "0").unwrap());
     assert_eq!(session.exit_code, Some(0));
     assert_eq!(
-        (session.stdin_bytes, session.stdout_bytes, session.stderr_bytes),
+        (
+            session.stdin_bytes,
+            session.stdout_bytes,
+            session.stderr_bytes
+        ),
         (8, 13, 5)
     );
     assert_eq!(session.frames, 5);
@@ -542,7 +566,10 @@ async fn sessions_record_frames_in_order_and_close_with_totals() {
     );
     assert!(frames.windows(2).all(|w| w[0].t_us <= w[1].t_us));
     let cast = replay::to_asciicast(&session, &frames);
-    assert!(cast.starts_with(r#"{"#) && cast.contains(r#""i","echo hi\r""#), "{cast}");
+    assert!(
+        cast.starts_with(r#"{"#) && cast.contains(r#""i","echo hi\r""#),
+        "{cast}"
+    );
     assert_eq!(list_sessions(store.as_ref()).unwrap().len(), 1);
     assert!(matches!(
         find_session(store.as_ref(), "nope"),
@@ -560,7 +587,13 @@ async fn port_forward_payload_is_counted_and_stored_only_when_configured() {
     m.ports = vec![8080];
     let writer = recorder.open_session(m).unwrap();
     writer
-        .frame(FrameKind::PortForwardOpen { port: 8080, stream: 1 }, b"")
+        .frame(
+            FrameKind::PortForwardOpen {
+                port: 8080,
+                stream: 1,
+            },
+            b"",
+        )
         .unwrap();
     for (to_pod, data) in [(true, &b"GET /"[..]), (false, &b"HTTP/1.1 200 OK"[..])] {
         writer
@@ -584,7 +617,10 @@ async fn port_forward_payload_is_counted_and_stored_only_when_configured() {
     let s = find_session(store.as_ref(), "pf-1").unwrap();
     assert_eq!(s.port_forward.len(), 1);
     assert_eq!(
-        (s.port_forward[0].bytes_to_pod, s.port_forward[0].bytes_from_pod),
+        (
+            s.port_forward[0].bytes_to_pod,
+            s.port_forward[0].bytes_from_pod
+        ),
         (5, 15)
     );
     let frames = session_frames(store.as_ref(), s.seq).unwrap();

@@ -202,7 +202,7 @@ pods:
     #[test]
     fn nothing_protected_is_refused() {
         let text = GOOD
-            .replace("  endpoints: [\"203.0.113.10:443\"]\n", "")
+            .replace("  endpoints: [\"203.0.113.10:443\"]\n", "  endpoints: []\n")
             .replace("  hostnames: [\"api.example.test:443\"]\n", "");
         let err = NodeConfig::parse(&text, Path::new("node.yaml")).unwrap_err();
         assert!(err.to_string().contains("nothing to protect"), "{err}");

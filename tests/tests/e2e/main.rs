@@ -7,6 +7,7 @@
 
 mod eks;
 mod mcp;
+mod masking;
 mod oidc;
 mod policy;
 

@@ -343,10 +343,15 @@ fn kubernetes_mcp_server_tools_act_as_the_agent() -> Result<()> {
     for pod in ["web-0", "agent-0", "db-0", "mcp-doomed"] {
         ensure!(pods.contains(pod), "pods_list lacks {pod}:\n{pods}");
     }
+    // The agent sees which keys the secret has, never a value: the gateway masked them.
     let secret = run.ok(1, "resources_get")?;
     ensure!(
-        secret.contains("db-credentials") && secret.contains(&base64(SEED_SECRET_PASSWORD)),
-        "resources_get did not return the secret:\n{secret}"
+        secret.contains("db-credentials")
+            && secret.contains("password")
+            && secret.contains(portcullis::mask::MARKER_BASE64)
+            && !secret.contains(&base64(SEED_SECRET_PASSWORD))
+            && !secret.contains(SEED_SECRET_PASSWORD),
+        "resources_get did not return the masked secret:\n{secret}"
     );
     let log = run.ok(2, "pods_log")?;
     ensure!(log.lines().count() >= 3, "pods_log:\n{log}");
@@ -434,8 +439,9 @@ fn mcp_server_kubernetes_runs_kubectl_as_the_agent() -> Result<()> {
     let secret: Value = serde_json::from_str(run.ok(1, "kubectl_get")?)
         .context("kubectl_get secret did not return JSON")?;
     ensure!(
-        secret["data"]["password"] == base64(SEED_SECRET_PASSWORD).as_str(),
-        "kubectl_get secret: {secret}"
+        secret["data"]["password"] == portcullis::mask::MARKER_BASE64
+            && !secret.to_string().contains(&base64(SEED_SECRET_PASSWORD)),
+        "kubectl_get secret is not masked: {secret}"
     );
 
     let entries = acted_as(&s, before, &s.client_token, "oidc:alice")?;
