@@ -142,6 +142,15 @@ impl GatewayProcess {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
+    /// SIGKILL now, as a crash would: no shutdown code runs.
+    pub fn kill_hard(&mut self) -> anyhow::Result<()> {
+        if self.child.try_wait()?.is_none() {
+            self.child.kill()?;
+            self.child.wait()?;
+        }
+        Ok(())
+    }
+
     /// SIGTERM (graceful) and wait up to `timeout`; then SIGKILL.
     pub fn terminate(
         &mut self,

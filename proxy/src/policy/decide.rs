@@ -345,8 +345,8 @@ fn namespace_text(info: &RequestInfo) -> String {
     }
 }
 
-/// The request in words, for messages: `delete namespaces "prod"` / `list pods across all
-/// namespaces or cluster-wide` / `GET /metrics`.
+/// The request in words, for messages: `delete namespaces "prod"`, `get pods "p" in namespace
+/// "dev"`, `list pods cluster-wide` (cluster-scoped, or across all namespaces), `GET /metrics`.
 pub(crate) fn describe_request(info: &RequestInfo) -> String {
     if !info.is_resource_request {
         return format!("{} {}", info.verb.as_str().to_ascii_uppercase(), info.path);
@@ -359,9 +359,10 @@ pub(crate) fn describe_request(info: &RequestInfo) -> String {
     if !info.name.is_empty() {
         out.push_str(&format!(" {:?}", info.name));
     }
+    let namespace_itself = info.resource == "namespaces" && info.name == info.namespace;
     if info.namespace.is_empty() {
-        out.push_str(" at cluster scope");
-    } else {
+        out.push_str(" cluster-wide");
+    } else if !namespace_itself {
         out.push_str(&format!(" in namespace {:?}", info.namespace));
     }
     out

@@ -102,9 +102,18 @@ pub fn frame_key(session_seq: u64, index: u64) -> [u8; 16] {
 }
 
 /// sled 0.34: one database directory, one sled tree per [`Tree`].
+///
+/// sled's own flush is not enough for power-failure durability: on Linux it ends its log writes
+/// with `sync_file_range`, which neither persists the file's size nor flushes the disk's write
+/// cache, and it writes large items to `blobs/` files without syncing them at all. So
+/// [`Store::flush`] follows sled's flush with an `fsync` of the log file, of every blob file not
+/// synced yet, and of the directories.
 pub struct SledStore {
     db: sled::Db,
     trees: Vec<sled::Tree>,
+    dir: PathBuf,
+    log_file: std::fs::File,
+    synced_blobs: std::sync::Mutex<std::collections::HashSet<std::ffi::OsString>>,
 }
 
 impl SledStore {
@@ -136,7 +145,50 @@ impl SledStore {
             .map(|t| db.open_tree(t.name()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| open_err(e.to_string()))?;
-        Ok(Self { db, trees })
+        let log_file = std::fs::File::open(path.join("db"))
+            .map_err(|e| open_err(format!("cannot open the log file for fsync: {e}")))?;
+        Ok(Self {
+            db,
+            trees,
+            dir: path.to_path_buf(),
+            log_file,
+            synced_blobs: std::sync::Mutex::new(std::collections::HashSet::new()),
+        })
+    }
+
+    /// fsyncs blob files written since the last call, then the blob directory.
+    fn sync_blobs(&self) -> std::io::Result<()> {
+        let blobs = self.dir.join("blobs");
+        let entries = match std::fs::read_dir(&blobs) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let mut synced = self
+            .synced_blobs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut present = std::collections::HashSet::new();
+        let mut new_files = false;
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name();
+            if !synced.contains(&name) {
+                match std::fs::File::open(entry.path()) {
+                    Ok(f) => f.sync_all()?,
+                    // sled removes blobs it has rewritten; one gone meanwhile needs no sync.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                }
+                new_files = true;
+            }
+            present.insert(name);
+        }
+        *synced = present;
+        if new_files {
+            std::fs::File::open(&blobs)?.sync_all()?;
+        }
+        Ok(())
     }
 
     /// Opens a store that must already exist (for the read-only commands).
@@ -215,6 +267,9 @@ impl Store for SledStore {
 
     fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
+        let io = |e: std::io::Error| StoreError::Io(format!("fsync: {e}"));
+        self.log_file.sync_all().map_err(io)?;
+        self.sync_blobs().map_err(io)?;
         Ok(())
     }
 }

@@ -825,3 +825,62 @@ fn config_keys_and_defaults() {
     assert!(no_key.validate().unwrap_err().contains("signing_key_file"));
     assert!(!RecordConfig::default().enabled());
 }
+
+#[tokio::test]
+async fn cli_commands_read_a_closed_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = build_store(dir.path(), 12).await;
+    {
+        let recorder = Recorder::open(&cfg, metrics()).unwrap();
+        let writer = recorder.open_session(meta("cli-sess")).unwrap();
+        writer.frame(FrameKind::Stdout, b"hello\n").unwrap();
+        writer.close(Some(7), None);
+    }
+    let target = cli::Target {
+        path: cfg.path.clone().unwrap(),
+        key_file: cfg.signing_key_file.clone(),
+    };
+    let mut out = Vec::new();
+    assert!(cli::audit_verify(&target, None, None, &mut out).unwrap());
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.starts_with("OK: 12 records"), "{text}");
+    assert!(text.contains("configured key"), "{text}");
+
+    let mut out = Vec::new();
+    let filter = AuditFilter {
+        verb: Some("delete".into()),
+        ..Default::default()
+    };
+    assert_eq!(cli::audit_query(&target, &filter, true, &mut out).unwrap(), 4);
+    let lines: Vec<serde_json::Value> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4);
+    assert!(lines.iter().all(|l| l["verb"] == "delete"));
+
+    let mut out = Vec::new();
+    cli::sessions_list(&target, true, &mut out).unwrap();
+    let listed: serde_json::Value =
+        serde_json::from_str(String::from_utf8(out).unwrap().trim()).unwrap();
+    assert_eq!(listed["session_id"], "cli-sess");
+    assert_eq!(listed["exit_code"], 7);
+
+    let mut cast = Vec::new();
+    cli::export_asciicast(&target, "cli-sess", &mut cast).unwrap();
+    let cast = String::from_utf8(cast).unwrap();
+    assert!(cast.contains(r#""o","hello\n""#), "{cast}");
+
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    cli::replay(&target, "0", 100.0, Duration::from_millis(10), &mut out, &mut err).unwrap();
+    assert_eq!(out, b"hello\n");
+    assert!(String::from_utf8(err).unwrap().contains("exit code 7"));
+
+    let missing = cli::Target {
+        path: dir.path().join("nowhere"),
+        key_file: None,
+    };
+    assert!(cli::audit_verify(&missing, None, None, &mut Vec::new()).is_err());
+    assert!(!dir.path().join("nowhere").exists(), "no store created");
+}

@@ -38,32 +38,32 @@ pub enum RedirectError {
     NotBuilt,
     #[error("{file}: {message}")]
     Config { file: PathBuf, message: String },
-    #[error("{what}: {error}")]
+    #[error("{what}: {}", chain(error))]
     Io {
         what: String,
         error: std::io::Error,
     },
-    #[error("{what}: {error}")]
+    #[error("{what}: {}", chain(error))]
     Ebpf {
         what: String,
         error: aya::EbpfError,
     },
-    #[error("{what}: {error}")]
+    #[error("{what}: {}", chain(error))]
     Program {
         what: String,
         error: aya::programs::ProgramError,
     },
-    #[error("{what}: {error}")]
+    #[error("{what}: {}", chain(error))]
     Map {
         what: String,
         error: aya::maps::MapError,
     },
-    #[error("{what}: {error}")]
+    #[error("{what}: {}", chain(error))]
     Pin {
         what: String,
         error: aya::pin::PinError,
     },
-    #[error("{what}: {error}")]
+    #[error("{what}: {}", chain(error))]
     Link {
         what: String,
         error: aya::programs::links::LinkError,
@@ -77,4 +77,16 @@ pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+}
+
+/// An error with its sources, `a: b: c`: aya's errors keep the errno in their source.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

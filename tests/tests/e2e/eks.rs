@@ -29,8 +29,10 @@ const REGION: &str = "us-east-1";
 const ROLE_ARN: &str = "arn:aws:iam::123456789012:role/portcullis";
 const EXTERNAL_ID: &str = "portcullis-e2e";
 /// The gateway's base credentials (the standard chain reads them from its environment).
+/// moto checks neither; the secret differs from the key id so a logged key id (not a secret)
+/// cannot pass for a leaked secret.
 const BASE_ACCESS_KEY: &str = "testing";
-const BASE_SECRET: &str = "testing";
+const BASE_SECRET: &str = "testing-base-secret";
 
 fn assumed_role_arn(session: &str) -> String {
     format!("arn:aws:sts::123456789012:assumed-role/portcullis/{session}")
@@ -120,7 +122,7 @@ impl EksStack {
                 ("AWS_CONFIG_FILE", missing),
                 ("AWS_SHARED_CREDENTIALS_FILE", missing),
                 ("AWS_EC2_METADATA_DISABLED", "true"),
-                ("RUST_LOG", "debug"),
+                ("RUST_LOG", "debug,pingora_proxy=info"),
             ],
         )?;
         Ok(Self {

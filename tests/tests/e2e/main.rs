@@ -10,6 +10,7 @@ mod mcp;
 mod masking;
 mod oidc;
 mod policy;
+mod recording;
 
 use std::io::{BufRead, BufReader, Write as _};
 use std::net::SocketAddr;
