@@ -9,7 +9,9 @@ use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use portcullis_fuzz::frames::{spdy_dictionary, Direction, SessionDecoder, StreamProtocol};
 
-const KINDS: [&str; 7] = ["stdin", "stdout", "stderr", "error", "resize", "data", "bogus"];
+const KINDS: [&str; 7] = [
+    "stdin", "stdout", "stderr", "error", "resize", "data", "bogus",
+];
 
 #[derive(Arbitrary, Debug)]
 enum Op {
@@ -177,7 +179,11 @@ fuzz_target!(|input: Input| {
                 payload.extend(writers[usize::from(server)].block(&headers));
                 (server, control(1, u8::from(fin), &payload))
             }
-            Op::Reply { server, stream, fin } => {
+            Op::Reply {
+                server,
+                stream,
+                fin,
+            } => {
                 let mut payload = u32::from(stream).to_be_bytes().to_vec();
                 payload.extend(writers[usize::from(server)].block(&[]));
                 (server, control(2, u8::from(fin), &payload))

@@ -171,13 +171,17 @@ fn default_eks_max_sessions() -> usize {
 
 impl Eks {
     fn validate(&self) -> Result<(), String> {
-        let is_session_char =
-            |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '+' | '=' | ',' | '.' | '@' | '-');
+        let is_session_char = |c: char| {
+            c.is_ascii_alphanumeric() || matches!(c, '_' | '+' | '=' | ',' | '.' | '@' | '-')
+        };
         if self.cluster_name.is_empty() || self.region.is_empty() {
             return Err("`cluster_name` and `region` must not be empty".into());
         }
         if !self.role_arn.starts_with("arn:") || !self.role_arn.contains(":role/") {
-            return Err(format!("`role_arn` {:?} is not an IAM role ARN", self.role_arn));
+            return Err(format!(
+                "`role_arn` {:?} is not an IAM role ARN",
+                self.role_arn
+            ));
         }
         let fixed = self.session_name.replace(EKS_USER_PLACEHOLDER, "");
         if !fixed.chars().all(is_session_char) {
@@ -193,10 +197,15 @@ impl Eks {
             return Err("`session_name` must be at least 2 characters".into());
         }
         if !(60..=840).contains(&self.token_refresh_seconds) {
-            return Err("`token_refresh_seconds` must be between 60 and 840 (tokens live 15 minutes)".into());
+            return Err(
+                "`token_refresh_seconds` must be between 60 and 840 (tokens live 15 minutes)"
+                    .into(),
+            );
         }
         if !(900..=43200).contains(&self.role_duration_seconds) {
-            return Err("`role_duration_seconds` must be between 900 and 43200 (STS limits)".into());
+            return Err(
+                "`role_duration_seconds` must be between 900 and 43200 (STS limits)".into(),
+            );
         }
         if self.max_sessions == 0 {
             return Err("`max_sessions` must be at least 1".into());
@@ -423,7 +432,8 @@ impl Config {
         let key = RefCell::new(String::new());
         let parsed = serde_saphyr::with_deserializer_from_str(text, |de| {
             serde_path_to_error::deserialize(de).map_err(|e| {
-                *key.borrow_mut() = e.path().to_string();
+                // Spanned values (policy rules) add a `.value` step that is not in the file.
+                *key.borrow_mut() = e.path().to_string().replace("].value", "]");
                 e.into_inner()
             })
         });

@@ -137,11 +137,17 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), ServeError> {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default();
-    let policy = PolicyHandle::new(Policy::from_config(&config.policy, &base_dir)?);
+    let masker = Arc::new(Masker::from_config(&config.mask)?);
+    let initial = Policy::from_config_named(
+        &config.policy,
+        &base_dir,
+        &config_path.display().to_string(),
+    )?;
+    initial.check_mask_profiles(|name| masker.profile(name).is_some())?;
+    let policy = PolicyHandle::new(initial);
     if config.policy.rules.is_empty() && config.policy.files.is_empty() {
         tracing::warn!("no policy rules configured: every request except discovery is denied");
     }
-    let masker = Arc::new(Masker::from_config(&config.mask)?);
     let startup = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -165,11 +171,14 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), ServeError> {
         tracing::warn!("record.path is not set: NO audit log and NO session recordings");
         None
     };
-    let _reloader = spawn_reloader_thread(PolicyReloader::for_config_file(
-        policy.clone(),
-        config_path.to_path_buf(),
-        metrics.policy_reloads.clone(),
-    ))
+    let _reloader = spawn_reloader_thread(
+        PolicyReloader::for_config_file(
+            policy.clone(),
+            config_path.to_path_buf(),
+            metrics.policy_reloads.clone(),
+        )
+        .with_mask_profiles(masker.profile_names().map(str::to_owned).collect()),
+    )
     .map_err(ServeError::Reloader)?;
 
     let mut conf = ServerConf {

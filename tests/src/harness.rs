@@ -314,8 +314,10 @@ pub const ALLOW_ALL_POLICY: &str = r#"policy:
 "#;
 
 fn has_top_level_key(yaml: &str, key: &str) -> bool {
-    yaml.lines()
-        .any(|l| l.strip_prefix(key).is_some_and(|rest| rest.starts_with(':')))
+    yaml.lines().any(|l| {
+        l.strip_prefix(key)
+            .is_some_and(|rest| rest.starts_with(':'))
+    })
 }
 
 /// A minimal HTTP/1.1 request (`Connection: close`) over plain TCP to a loopback peer.

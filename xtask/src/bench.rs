@@ -62,6 +62,9 @@ pub fn run(root: &Path, driver_args: &[OsString]) -> Result<()> {
         "bench-upstream",
         "--bin",
         "portcullis-bench",
+        // The exec benchmark's upstream; the driver finds it next to itself.
+        "--bin",
+        "kube-double",
     ]))?;
 
     let mut driver = std::process::Command::new(release.join("portcullis-bench"));

@@ -16,7 +16,12 @@ use crate::process;
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
-const APT_PACKAGES: [&str; 4] = ["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev"];
+const APT_PACKAGES: [&str; 4] = [
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+];
 
 /// Where the object lands; `proxy/build.rs` reads the same path.
 pub fn object_path(root: &Path) -> PathBuf {
@@ -40,7 +45,10 @@ pub fn build(root: &Path) -> Result<()> {
 
     let object = object_path(root);
     if !object.is_file() {
-        bail!("the eBPF build succeeded but {} is missing", object.display());
+        bail!(
+            "the eBPF build succeeded but {} is missing",
+            object.display()
+        );
     }
     // proxy/build.rs only learns about a new object through a file it watches; a fresh
     // mtime on build.rs makes cargo re-run it (the content, and so git, is unchanged).
@@ -101,7 +109,10 @@ fn ensure_apt_packages() -> Result<()> {
             missing.join(" ")
         );
     }
-    eprintln!("xtask: installing {} (bpf-linker links against LLVM 22)", missing.join(" "));
+    eprintln!(
+        "xtask: installing {} (bpf-linker links against LLVM 22)",
+        missing.join(" ")
+    );
     process::run(Command::new("apt-get").args(["update", "-qq"]))?;
     process::run(
         Command::new("apt-get")
@@ -118,6 +129,20 @@ fn dpkg_installed(package: &str) -> bool {
 }
 
 fn ensure_rust_src() -> Result<()> {
+    let has_nightly =
+        process::output(Command::new("rustup").args(["run", "nightly", "rustc", "-V"])).is_ok();
+    if !has_nightly {
+        eprintln!("xtask: no nightly toolchain: installing one (the eBPF crate needs it)");
+        return process::run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]));
+    }
     let installed = process::output(Command::new("rustup").args([
         "component",
         "list",
@@ -125,7 +150,9 @@ fn ensure_rust_src() -> Result<()> {
         "--toolchain",
         "nightly",
     ]))
-    .context("the eBPF build needs rustup with a nightly toolchain (`rustup toolchain install nightly`)")?;
+    .context(
+        "the eBPF build needs rustup with a nightly toolchain (`rustup toolchain install nightly`)",
+    )?;
     if installed.lines().any(|line| line.starts_with("rust-src")) {
         return Ok(());
     }
@@ -162,15 +189,15 @@ fn ensure_bpf_linker() -> Result<PathBuf> {
     cmd.env("LLVM_SYS_221_PREFIX", LLVM_PREFIX)
         .env("LLVM_PREFIX", LLVM_PREFIX)
         .args([
-        "install",
-        "bpf-linker",
-        "--version",
-        BPF_LINKER_VERSION,
-        "--locked",
-        "--no-default-features",
-        "--features",
-        "llvm-22",
-    ]);
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--locked",
+            "--no-default-features",
+            "--features",
+            "llvm-22",
+        ]);
     process::run(&mut cmd)?;
     Ok(cargo_home.join("bin"))
 }

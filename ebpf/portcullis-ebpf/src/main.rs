@@ -14,9 +14,7 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
-    },
+    bindings::{BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_skb_cgroup_id,
     },
@@ -305,7 +303,8 @@ fn conn_key(ctx: &SockOpsContext, client: Endpoint, server: Endpoint) -> ConnKey
 
 fn is_loopback(endpoint: &Endpoint) -> bool {
     let a = endpoint.addr;
-    let v6_loopback = a[0] == 0 && a[1] == 0 && a[2] == 0 && a[3] == u32::from_ne_bytes([0, 0, 0, 1]);
+    let v6_loopback =
+        a[0] == 0 && a[1] == 0 && a[2] == 0 && a[3] == u32::from_ne_bytes([0, 0, 0, 1]);
     let v4_loopback = endpoint.is_v4_mapped() && a[3].to_ne_bytes()[0] == 127;
     v6_loopback || v4_loopback
 }

@@ -231,4 +231,23 @@ impl Policy {
     pub fn rule_names(&self) -> impl Iterator<Item = &str> {
         self.compiled.rules.iter().map(|r| r.name.as_str())
     }
+
+    /// Fails on the first rule whose `mask:` names a profile `exists` does not know, so a typo
+    /// is caught when the policy loads rather than by a request (which would be refused).
+    pub fn check_mask_profiles(&self, exists: impl Fn(&str) -> bool) -> Result<(), PolicyError> {
+        for rule in &self.compiled.rules {
+            if let Some(MaskChoice::Profile(name)) = &rule.mask {
+                if !exists(name) {
+                    return Err(PolicyError::Invalid {
+                        at: rule.source.to_string(),
+                        what: format!("rule {:?}", rule.name),
+                        message: format!(
+                            "`mask: {name}` names no mask profile (define it under `mask.profiles`)"
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
 }

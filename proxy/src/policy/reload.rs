@@ -76,6 +76,8 @@ pub struct PolicyReloader {
     source: Source,
     counter: IntCounterVec,
     last: Mutex<Option<Snapshot>>,
+    /// The mask profiles that exist; a new policy naming another is rejected.
+    mask_profiles: Option<Vec<String>>,
 }
 
 impl PolicyReloader {
@@ -91,6 +93,7 @@ impl PolicyReloader {
             source: Source::Section { cfg, base_dir },
             counter,
             last: Mutex::new(None),
+            mask_profiles: None,
         };
         reloader.prime();
         reloader
@@ -103,6 +106,7 @@ impl PolicyReloader {
             source: Source::ConfigFile(config),
             counter,
             last: Mutex::new(None),
+            mask_profiles: None,
         };
         reloader.prime();
         reloader
@@ -165,9 +169,19 @@ impl PolicyReloader {
         }
     }
 
+    /// Rejects new policies whose rules name a mask profile not in `names`.
+    pub fn with_mask_profiles(mut self, names: Vec<String>) -> Self {
+        self.mask_profiles = Some(names);
+        self
+    }
+
     fn load(&self) -> Result<Policy, PolicyError> {
         let (cfg, base_dir, label) = self.section()?;
-        Policy::from_config_named(&cfg, &base_dir, &label)
+        let policy = Policy::from_config_named(&cfg, &base_dir, &label)?;
+        if let Some(names) = &self.mask_profiles {
+            policy.check_mask_profiles(|p| names.iter().any(|n| n == p))?;
+        }
+        Ok(policy)
     }
 
     /// Looks once: if anything changed since the last look, recompiles and swaps or keeps.

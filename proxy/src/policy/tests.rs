@@ -1250,3 +1250,19 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn mask_profiles_named_by_rules_must_exist() {
+    let p = policy(
+        "rules:\n  - name: ok\n    subjects: {users: [a]}\n    verbs: [get]\n    resources: [secrets]\n    action: allow\n    mask: agents\n  - name: off\n    subjects: {users: [b]}\n    verbs: [get]\n    resources: [secrets]\n    action: allow\n    mask: none\n",
+    );
+    assert!(p.check_mask_profiles(|n| n == "agents").is_ok());
+    let err = p
+        .check_mask_profiles(|n| n == "default")
+        .expect_err("an unknown profile must be refused")
+        .to_string();
+    assert!(
+        err.contains("rule \"ok\"") && err.contains("mask: agents") && err.contains("test.yaml:2"),
+        "{err}"
+    );
+}

@@ -147,6 +147,10 @@ impl SledStore {
             .map_err(|e| open_err(e.to_string()))?;
         let log_file = std::fs::File::open(path.join("db"))
             .map_err(|e| open_err(format!("cannot open the log file for fsync: {e}")))?;
+        // A store created just now must keep its directory entries across a power failure.
+        std::fs::File::open(path)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| open_err(format!("cannot fsync the store directory: {e}")))?;
         Ok(Self {
             db,
             trees,
@@ -315,6 +319,28 @@ mod tests {
             .collect();
         assert_eq!(frames, vec![b"b".to_vec(), b"a".to_vec()]);
         store.flush().unwrap();
+    }
+
+    #[test]
+    fn flush_syncs_large_values_written_as_blobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 1 << 20).unwrap();
+        // Far above sled's inline item size: stored as a file under blobs/.
+        let big = vec![7u8; 2 * 1024 * 1024];
+        store.insert(Tree::Frames, &frame_key(1, 0), &big).unwrap();
+        store.flush().unwrap();
+        let blobs = std::fs::read_dir(dir.path().join("blobs")).unwrap().count();
+        assert!(blobs > 0, "expected sled to write a blob file");
+        assert_eq!(store.synced_blobs.lock().unwrap().len(), blobs);
+        drop(store);
+        let reopened = SledStore::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(
+            reopened
+                .get(Tree::Frames, &frame_key(1, 0))
+                .unwrap()
+                .as_deref(),
+            Some(&big[..])
+        );
     }
 
     #[test]

@@ -851,7 +851,10 @@ async fn cli_commands_read_a_closed_store() {
         verb: Some("delete".into()),
         ..Default::default()
     };
-    assert_eq!(cli::audit_query(&target, &filter, true, &mut out).unwrap(), 4);
+    assert_eq!(
+        cli::audit_query(&target, &filter, true, &mut out).unwrap(),
+        4
+    );
     let lines: Vec<serde_json::Value> = String::from_utf8(out)
         .unwrap()
         .lines()
@@ -873,7 +876,15 @@ async fn cli_commands_read_a_closed_store() {
     assert!(cast.contains(r#""o","hello\n""#), "{cast}");
 
     let (mut out, mut err) = (Vec::new(), Vec::new());
-    cli::replay(&target, "0", 100.0, Duration::from_millis(10), &mut out, &mut err).unwrap();
+    cli::replay(
+        &target,
+        "0",
+        100.0,
+        Duration::from_millis(10),
+        &mut out,
+        &mut err,
+    )
+    .unwrap();
     assert_eq!(out, b"hello\n");
     assert!(String::from_utf8(err).unwrap().contains("exit code 7"));
 
@@ -883,4 +894,50 @@ async fn cli_commands_read_a_closed_store() {
     };
     assert!(cli::audit_verify(&missing, None, None, &mut Vec::new()).is_err());
     assert!(!dir.path().join("nowhere").exists(), "no store created");
+}
+
+#[tokio::test]
+async fn a_retention_pass_interrupted_before_deleting_still_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let recorder = Recorder::open(&cfg, metrics()).unwrap();
+    for i in 0..20 {
+        recorder.append(request(&format!("u{i}"), "get")).unwrap();
+    }
+    let store = recorder.store();
+    let env9: Envelope = decode(&store.get(Tree::Audit, &seq_key(9)).unwrap().unwrap()).unwrap();
+    // The tombstone is written first; the crash comes before any deletion.
+    recorder
+        .inner
+        .shared
+        .insert(ChainEntry::Tombstone(Tombstone {
+            time_ns: now_unix_nanos(),
+            node: "node-a".into(),
+            first_kept_seq: 10,
+            last_deleted_hash: env9.hash,
+            deleted_records: 10,
+            reason: "retention".into(),
+        }))
+        .unwrap();
+    let key = verifying_key();
+    let ok = |store: &dyn Store| verify(store, None, Some(&key)).unwrap();
+    assert!(ok(store.as_ref()).is_ok(), "{}", ok(store.as_ref()));
+    // Partly deleted, then fully deleted: both fine.
+    store
+        .remove_range(Tree::Audit, &seq_key(0), &seq_key(4))
+        .unwrap();
+    assert!(ok(store.as_ref()).is_ok(), "{}", ok(store.as_ref()));
+    store
+        .remove_range(Tree::Audit, &seq_key(0), &seq_key(10))
+        .unwrap();
+    let report = ok(store.as_ref());
+    assert!(report.is_ok(), "{report}");
+    assert_eq!((report.first_seq, report.records), (Some(10), 11));
+    // One record more than the tombstone covers is tampering.
+    store.remove(Tree::Audit, &seq_key(10)).unwrap();
+    let report = ok(store.as_ref());
+    assert_eq!(
+        report.broken.map(|b| (b.seq, b.reason)),
+        Some((0, BreakReason::Deleted))
+    );
 }

@@ -114,15 +114,14 @@ async fn run_async(config: NodeConfig) -> Result<(), RedirectError> {
             what: "watch the event ring buffer".into(),
             error: error.into(),
         })?;
-    let mut tick = tokio::time::interval(Duration::from_secs(
-        agent.config.reconcile_interval_seconds,
-    ));
+    let mut tick =
+        tokio::time::interval(Duration::from_secs(agent.config.reconcile_interval_seconds));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|error| RedirectError::Io {
-            what: "install the SIGTERM handler".into(),
-            error,
-        })?;
+        what: "install the SIGTERM handler".into(),
+        error,
+    })?;
     loop {
         tokio::select! {
             _ = tick.tick() => {
@@ -179,7 +178,11 @@ impl Agent {
         let object = object()?;
         let maps_dir = config.bpffs.join("maps");
         prepare_pin_dir(&config.bpffs)?;
-        for dir in [&maps_dir, &config.bpffs.join("cgroups"), &config.bpffs.join("gateway")] {
+        for dir in [
+            &maps_dir,
+            &config.bpffs.join("cgroups"),
+            &config.bpffs.join("gateway"),
+        ] {
             create_dir(dir)?;
         }
         let adopting = maps_dir.join(map_names::PROTECTED).exists();
@@ -236,8 +239,8 @@ impl Agent {
     fn reconcile(&mut self, resolve: bool) {
         if resolve {
             self.resolve_hostnames();
-            self.next_resolve =
-                Instant::now() + Duration::from_secs(self.config.protected.resolve_interval_seconds);
+            self.next_resolve = Instant::now()
+                + Duration::from_secs(self.config.protected.resolve_interval_seconds);
         }
         if let Err(err) = self.sync_protected() {
             tracing::error!(error = %err, "updating protected endpoints failed; previous set stays");
@@ -490,8 +493,10 @@ fn attach_and_pin(
     let program = ebpf
         .program_mut(name)
         .ok_or_else(|| missing_program(name))?;
-    // Several programs may share a cgroup (Cilium's at the root, for one): never exclusive.
-    let mode = CgroupAttachMode::AllowMultiple;
+    // aya attaches through bpf_link (kernel >= 5.7), which the kernel always treats as
+    // multi-attach (other programs, e.g. Cilium's at the root, keep running) and for which it
+    // refuses any flag: `Single` is the one mode that passes no flag.
+    let mode = CgroupAttachMode::Single;
     let link: FdLink = if name == program_names::EGRESS {
         let program: &mut CgroupSkb = program.try_into().map_err(program_error)?;
         let id = program

@@ -125,8 +125,9 @@ impl NodeConfig {
             }
         }
         for (i, host) in self.protected.hostnames.iter().enumerate() {
-            split_host_port(host)
-                .ok_or_else(|| format!("protected.hostnames[{i}]: expected host:port, got {host:?}"))?;
+            split_host_port(host).ok_or_else(|| {
+                format!("protected.hostnames[{i}]: expected host:port, got {host:?}")
+            })?;
         }
         if self.protected.resolve_interval_seconds == 0 || self.reconcile_interval_seconds == 0 {
             return Err("intervals must be at least 1 second".into());

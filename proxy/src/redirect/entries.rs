@@ -13,7 +13,8 @@ pub fn endpoint(addr: SocketAddr) -> Endpoint {
         IpAddr::V6(v6) => v6,
     };
     let octets = v6.octets();
-    let word = |i: usize| u32::from_ne_bytes([octets[i], octets[i + 1], octets[i + 2], octets[i + 3]]);
+    let word =
+        |i: usize| u32::from_ne_bytes([octets[i], octets[i + 1], octets[i + 2], octets[i + 3]]);
     Endpoint::new([word(0), word(4), word(8), word(12)], addr.port())
 }
 
@@ -37,7 +38,9 @@ pub fn desired_protected(endpoints: &[SocketAddr]) -> HashMap<Endpoint, u8> {
     for &addr in endpoints {
         let key = endpoint(addr);
         entries.insert(key, protected_kind::REDIRECT);
-        entries.entry(key.any_port()).or_insert(protected_kind::ADDRESS);
+        entries
+            .entry(key.any_port())
+            .or_insert(protected_kind::ADDRESS);
     }
     entries
 }
@@ -82,7 +85,10 @@ pub fn is_loopback(addr: &SocketAddr) -> bool {
     match addr.ip() {
         IpAddr::V4(v4) => v4.is_loopback(),
         IpAddr::V6(v6) => {
-            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4: Ipv4Addr| v4.is_loopback())
+            v6.is_loopback()
+                || v6
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4: Ipv4Addr| v4.is_loopback())
         }
     }
 }

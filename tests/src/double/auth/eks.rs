@@ -124,7 +124,12 @@ pub fn parse_token(
     }
     let mut params = Vec::new();
     let mut signature = None;
-    for pair in uri.query().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+    for pair in uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let k = percent_decode_str(k).decode_utf8_lossy().into_owned();
         let v = percent_decode_str(v).decode_utf8_lossy().into_owned();
@@ -167,7 +172,8 @@ pub fn parse_token(
         Err(ahead) if ahead.duration() > TOKEN_MAX_AGE => return Err(EksRejection::FromTheFuture),
         _ => {}
     }
-    let credential = param(&params, "X-Amz-Credential").ok_or(EksRejection::Missing("X-Amz-Credential"))?;
+    let credential =
+        param(&params, "X-Amz-Credential").ok_or(EksRejection::Missing("X-Amz-Credential"))?;
     let (access_key_id, scope) = credential.split_once('/').ok_or(EksRejection::BadScope)?;
     let scope_parts: Vec<&str> = scope.split('/').collect();
     let [date, region, "sts", "aws4_request"] = scope_parts.as_slice() else {
@@ -225,7 +231,12 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// The SigV4 signature of `canonical_request` (scope `date/region/service/aws4_request`).
-pub fn sigv4_signature(secret: &str, amz_date: &str, scope: &str, canonical_request: &str) -> String {
+pub fn sigv4_signature(
+    secret: &str,
+    amz_date: &str,
+    scope: &str,
+    canonical_request: &str,
+) -> String {
     let string_to_sign = format!(
         "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
         hex(&Sha256::digest(canonical_request.as_bytes()))
@@ -358,14 +369,20 @@ impl EksTokenVerifier {
             .map(|(_, s)| s.to_string())
             .unwrap_or_default();
         let mut extra = BTreeMap::new();
-        extra.insert("accessKeyId".to_string(), vec![request.access_key_id.clone()]);
+        extra.insert(
+            "accessKeyId".to_string(),
+            vec![request.access_key_id.clone()],
+        );
         extra.insert("arn".to_string(), vec![caller.arn.clone()]);
         extra.insert("canonicalArn".to_string(), vec![canonical_arn(&caller.arn)]);
         extra.insert("principalId".to_string(), vec![caller.user_id.clone()]);
         extra.insert("sessionName".to_string(), vec![session_name]);
         Ok(Some(UserInfo {
             username: caller.arn.clone(),
-            uid: Some(format!("aws-iam-authenticator:{}:{}", caller.account, caller.user_id)),
+            uid: Some(format!(
+                "aws-iam-authenticator:{}:{}",
+                caller.account, caller.user_id
+            )),
             groups: vec![AUTHENTICATED_GROUP.to_string()],
             extra,
         }))
@@ -388,7 +405,10 @@ impl EksTokenVerifier {
             .await
             .map_err(|e| sts_err(&e))?;
         let data: serde_json::Value = serde_json::from_slice(&body).map_err(|e| sts_err(&e))?;
-        let roles = data["sts"]["AssumedRole"].as_array().cloned().unwrap_or_default();
+        let roles = data["sts"]["AssumedRole"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         let issued = roles
             .iter()
             .find(|r| r["access_key_id"].as_str() == Some(access_key_id))
@@ -445,9 +465,14 @@ impl EksTokenVerifier {
         let status = answer.status();
         let text = answer.text().await.map_err(|e| sts_err(&e))?;
         if !status.is_success() {
-            return Err(EksRejection::Sts(format!("GetCallerIdentity answered {status}")));
+            return Err(EksRejection::Sts(format!(
+                "GetCallerIdentity answered {status}"
+            )));
         }
-        let field = |tag| xml_text(&text, tag).ok_or_else(|| EksRejection::Sts(format!("no <{tag}> in GetCallerIdentity")));
+        let field = |tag| {
+            xml_text(&text, tag)
+                .ok_or_else(|| EksRejection::Sts(format!("no <{tag}> in GetCallerIdentity")))
+        };
         Ok(CallerIdentity {
             arn: field("Arn")?,
             account: field("Account")?,
@@ -497,7 +522,10 @@ mod tests {
         let params = vec![
             ("Param2".to_string(), "value2".to_string()),
             ("Param1".to_string(), "value1".to_string()),
-            ("X-Amz-Credential".to_string(), "AKIDEXAMPLE/20150830/us-east-1/service/aws4_request".to_string()),
+            (
+                "X-Amz-Credential".to_string(),
+                "AKIDEXAMPLE/20150830/us-east-1/service/aws4_request".to_string(),
+            ),
         ];
         assert_eq!(
             canonical_query(&params),
@@ -534,10 +562,18 @@ mod tests {
         // X-Amz-Expires=60 is ignored: 14 minutes later the token is still in date.
         assert!(parse_token(&token_for(GOOD_URL), host, at(14 * 60)).is_ok());
         let cases = [
-            ("k8s-aws-v2.abc".to_string(), at(0), EksRejection::NotEksToken),
+            (
+                "k8s-aws-v2.abc".to_string(),
+                at(0),
+                EksRejection::NotEksToken,
+            ),
             (format!("{TOKEN_PREFIX}!!!"), at(0), EksRejection::Malformed),
             (token_for(GOOD_URL), at(15 * 60 + 1), EksRejection::Expired),
-            (token_for(GOOD_URL), at(-(15 * 60 + 1)), EksRejection::FromTheFuture),
+            (
+                token_for(GOOD_URL),
+                at(-(15 * 60 + 1)),
+                EksRejection::FromTheFuture,
+            ),
             (
                 token_for(&GOOD_URL.replace("sts.us-east-1.amazonaws.com", "sts.evil.example")),
                 at(0),
@@ -579,7 +615,10 @@ mod tests {
             &unsigned.scope,
             &presigned_canonical_request(&unsigned, "test-cluster"),
         );
-        let signed_url = GOOD_URL.replace("X-Amz-Signature=00", &format!("X-Amz-Signature={signature}"));
+        let signed_url = GOOD_URL.replace(
+            "X-Amz-Signature=00",
+            &format!("X-Amz-Signature={signature}"),
+        );
         let request = parse_token(&token_for(&signed_url), host, at(0)).unwrap();
         assert_eq!(check_signature(&request, "test-cluster", SECRET), Ok(()));
         assert_eq!(
