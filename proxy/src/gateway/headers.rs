@@ -136,8 +136,10 @@ pub fn prepare_upstream_request(
         .map_err(|_| HeaderError::BadAuthority(fwd.authority.to_string()))?;
     set(req, http::header::HOST, host)?;
 
-    let bearer = HeaderValue::from_str(&format!("Bearer {}", fwd.upstream_token))
+    let mut bearer = HeaderValue::from_str(&format!("Bearer {}", fwd.upstream_token))
         .map_err(|_| HeaderError::UnencodableCredential)?;
+    // pingora logs whole request headers at debug level; a sensitive value prints as "Sensitive".
+    bearer.set_sensitive(true);
     set(req, http::header::AUTHORIZATION, bearer)?;
 
     if let Some(upgrade) = &fwd.upgrade {
@@ -248,6 +250,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(values(&req, "authorization"), vec!["Bearer gateway-token"]);
+        let credential = req.headers.get("authorization").unwrap();
+        assert!(credential.is_sensitive());
+        assert!(!format!("{:?}", req.headers).contains("gateway-token"));
         assert_eq!(values(&req, "impersonate-user"), vec!["oidc:alice"]);
         assert_eq!(
             values(&req, "impersonate-group"),

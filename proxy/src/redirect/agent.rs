@@ -58,9 +58,9 @@ pub struct Counters {
 /// Reads the pinned counters (the gateway's admin port can expose them as metrics).
 pub fn read_counters(pin_dir: &Path) -> Result<Counters, RedirectError> {
     let path = pin_dir.join("maps").join(map_names::COUNTERS);
-    let map_error = |error| RedirectError::Map {
+    let map_error = |error: aya::maps::MapError| RedirectError::Map {
         what: format!("read counters {}", path.display()),
-        error,
+        error: error.into(),
     };
     let data = MapData::from_pin(&path).map_err(map_error)?;
     let map = Map::from_map_data(data).map_err(map_error)?;
@@ -191,7 +191,7 @@ impl Agent {
             .load(object)
             .map_err(|error| RedirectError::Ebpf {
                 what: "load the eBPF object".into(),
-                error,
+                error: error.into(),
             })?;
         for name in POD_PROGRAMS {
             load_program(&mut ebpf, name)?;
@@ -201,7 +201,7 @@ impl Agent {
             .set(0, gateway(config.gateway.ipv4, config.gateway.ipv6), 0)
             .map_err(|error| RedirectError::Map {
                 what: "write the gateway address".into(),
-                error,
+                error: error.into(),
             })?;
         let protected = take_map(&mut ebpf, map_names::PROTECTED)?;
         tracing::info!(
@@ -229,7 +229,7 @@ impl Agent {
             .ok_or_else(|| missing_map(map_names::EVENTS))?;
         RingBuf::try_from(map).map_err(|error| RedirectError::Map {
             what: "open the event ring buffer".into(),
-            error,
+            error: error.into(),
         })
     }
 
@@ -300,7 +300,7 @@ impl Agent {
         for entry in self.protected.iter() {
             let (key, value) = entry.map_err(|error| RedirectError::Map {
                 what: "read the protected set".into(),
-                error,
+                error: error.into(),
             })?;
             current.insert(key, value);
         }
@@ -310,7 +310,7 @@ impl Agent {
                 .insert(key, kind, 0)
                 .map_err(|error| RedirectError::Map {
                     what: format!("protect {}", socket_addr(key)),
-                    error,
+                    error: error.into(),
                 })?;
             tracing::info!(endpoint = %socket_addr(key), "protected");
         }
@@ -322,7 +322,7 @@ impl Agent {
                 Err(error) => {
                     return Err(RedirectError::Map {
                         what: format!("unprotect {}", socket_addr(key)),
-                        error,
+                        error: error.into(),
                     })
                 }
             }
@@ -482,13 +482,13 @@ fn attach_and_pin(
     pin: &Path,
 ) -> Result<(), RedirectError> {
     let what = || format!("attach {name}");
-    let program_error = |error| RedirectError::Program {
+    let program_error = |error: aya::programs::ProgramError| RedirectError::Program {
         what: what(),
-        error,
+        error: error.into(),
     };
-    let link_error = |error| RedirectError::Link {
+    let link_error = |error: aya::programs::links::LinkError| RedirectError::Link {
         what: what(),
-        error,
+        error: error.into(),
     };
     let program = ebpf
         .program_mut(name)
@@ -527,15 +527,15 @@ fn attach_and_pin(
     // Dropping the returned handle closes our fd; the pin keeps the link (and the program).
     link.pin(pin).map_err(|error| RedirectError::Pin {
         what: format!("pin {}", pin.display()),
-        error,
+        error: error.into(),
     })?;
     Ok(())
 }
 
 fn load_program(ebpf: &mut Ebpf, name: &str) -> Result<(), RedirectError> {
-    let program_error = |error| RedirectError::Program {
+    let program_error = |error: aya::programs::ProgramError| RedirectError::Program {
         what: format!("load {name}"),
-        error,
+        error: error.into(),
     };
     let program = ebpf
         .program_mut(name)
@@ -582,23 +582,23 @@ where
     let map = ebpf.take_map(name).ok_or_else(|| missing_map(name))?;
     M::try_from(map).map_err(|error| RedirectError::Map {
         what: format!("open map {name}"),
-        error,
+        error: error.into(),
     })
 }
 
 fn missing_map(name: &str) -> RedirectError {
     RedirectError::Map {
         what: format!("the eBPF object has no map {name}"),
-        error: aya::maps::MapError::InvalidName {
+        error: Box::new(aya::maps::MapError::InvalidName {
             name: name.to_owned(),
-        },
+        }),
     }
 }
 
 fn missing_program(name: &str) -> RedirectError {
     RedirectError::Program {
         what: format!("the eBPF object has no program {name}"),
-        error: aya::programs::ProgramError::UnexpectedProgramType,
+        error: Box::new(aya::programs::ProgramError::UnexpectedProgramType),
     }
 }
 

@@ -108,7 +108,7 @@ pub(crate) fn open_hash<K: aya::Pod, V: aya::Pod>(
     let path = pin_dir.join("maps").join(name);
     let map_error = |error: aya::maps::MapError| RedirectError::Map {
         what: format!("open pinned map {}", path.display()),
-        error,
+        error: error.into(),
     };
     let data = MapData::from_pin(&path).map_err(map_error)?;
     let map = Map::from_map_data(data).map_err(map_error)?;
@@ -124,7 +124,7 @@ fn get<K: aya::Pod, V: aya::Pod>(
         Err(aya::maps::MapError::KeyNotFound) => Ok(None),
         Err(error) => Err(RedirectError::Map {
             what: "look up an original destination".into(),
-            error,
+            error: error.into(),
         }),
     }
 }

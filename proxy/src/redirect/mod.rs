@@ -38,29 +38,32 @@ pub enum RedirectError {
     NotBuilt,
     #[error("{file}: {message}")]
     Config { file: PathBuf, message: String },
-    #[error("{what}: {}", chain(error))]
+    #[error("{what}: {error}")]
     Io { what: String, error: std::io::Error },
-    #[error("{what}: {}", chain(error))]
-    Ebpf { what: String, error: aya::EbpfError },
-    #[error("{what}: {}", chain(error))]
+    #[error("{what}: {}", chain(error.as_ref()))]
+    Ebpf {
+        what: String,
+        error: Box<aya::EbpfError>,
+    },
+    #[error("{what}: {}", chain(error.as_ref()))]
     Program {
         what: String,
-        error: aya::programs::ProgramError,
+        error: Box<aya::programs::ProgramError>,
     },
-    #[error("{what}: {}", chain(error))]
+    #[error("{what}: {}", chain(error.as_ref()))]
     Map {
         what: String,
-        error: aya::maps::MapError,
+        error: Box<aya::maps::MapError>,
     },
-    #[error("{what}: {}", chain(error))]
+    #[error("{what}: {}", chain(error.as_ref()))]
     Pin {
         what: String,
-        error: aya::pin::PinError,
+        error: Box<aya::pin::PinError>,
     },
-    #[error("{what}: {}", chain(error))]
+    #[error("{what}: {}", chain(error.as_ref()))]
     Link {
         what: String,
-        error: aya::programs::links::LinkError,
+        error: Box<aya::programs::links::LinkError>,
     },
     #[error("{path} is not on a bpffs mount (mount -t bpf bpf <dir>)")]
     NotBpffs { path: PathBuf },

@@ -124,10 +124,9 @@ impl EksStack {
                 ("AWS_CONFIG_FILE", missing),
                 ("AWS_SHARED_CREDENTIALS_FILE", missing),
                 ("AWS_EC2_METADATA_DISABLED", "true"),
-                // Debug everywhere but pingora_proxy, which at debug prints each upstream
-                // request's headers, Authorization included, until the gateway marks its
-                // credential header sensitive (reported; not this module's code).
-                ("RUST_LOG", "debug,pingora_proxy=info"),
+                // Debug everywhere, pingora's request-header dumps included: the credential
+                // header is marked sensitive, so it must not appear.
+                ("RUST_LOG", "debug"),
             ],
         )?;
         Ok(Self {
