@@ -133,7 +133,11 @@ fn main() {
             request_seq: None,
         })
         .expect("session");
-    let chunk = vec![b'z'; 32 * 1024];
+    let chunk_kib: usize = std::env::var("RECORD_BENCH_CHUNK_KIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(32);
+    let chunk = vec![b'z'; chunk_kib * 1024];
     let total: u64 = 100 * 1024 * 1024;
     let t = Instant::now();
     let mut sent = 0u64;
@@ -155,7 +159,7 @@ fn main() {
     recorder.flush().expect("flush");
     let elapsed = t.elapsed();
     println!(
-        "session frames (32 KiB stdout), incl. flush  {:>8} MiB in {:>8.3} s = {:>8.1} MiB/s ({waits} backpressure waits)",
+        "session frames ({chunk_kib} KiB stdout), incl. flush {:>8} MiB in {:>8.3} s = {:>8.1} MiB/s ({waits} backpressure waits)",
         sent / (1024 * 1024),
         elapsed.as_secs_f64(),
         sent as f64 / (1024.0 * 1024.0) / elapsed.as_secs_f64(),

@@ -227,7 +227,9 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { config: config_path } => {
+        Command::Serve {
+            config: config_path,
+        } => {
             let config = portcullis::config::Config::load(&config_path)?;
             portcullis::serve::init_tracing(&config);
             portcullis::serve::run(config, &config_path)?;
@@ -289,8 +291,12 @@ fn run_audit(command: AuditCommand) -> anyhow::Result<()> {
     use portcullis::record::{cli, query, Decision};
     match command {
         AuditCommand::Verify { store, from, key } => {
-            let ok =
-                cli::audit_verify(&store.target()?, from, key.as_deref(), &mut std::io::stdout())?;
+            let ok = cli::audit_verify(
+                &store.target()?,
+                from,
+                key.as_deref(),
+                &mut std::io::stdout(),
+            )?;
             if !ok {
                 anyhow::bail!("the audit log does not verify");
             }

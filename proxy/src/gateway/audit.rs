@@ -35,7 +35,8 @@ pub struct Decided<'a> {
 
 pub fn request_entry(d: Decided<'_>) -> AuditEntry {
     let impersonated = if d.allowed {
-        d.identity.map(|i| impersonated(i, d.id, d.client_addr.as_deref()))
+        d.identity
+            .map(|i| impersonated(i, d.id, d.client_addr.as_deref()))
     } else {
         None
     };
@@ -108,7 +109,9 @@ mod tests {
 
     fn info(method: &str, path: &str) -> RequestInfo {
         let method = http::Method::from_bytes(method.as_bytes()).unwrap();
-        let (path, query) = path.split_once('?').map_or((path, None), |(p, q)| (p, Some(q)));
+        let (path, query) = path
+            .split_once('?')
+            .map_or((path, None), |(p, q)| (p, Some(q)));
         classify(&method, path, query).unwrap()
     }
 

@@ -76,7 +76,10 @@ mod tests {
         let Verdict::Refuse { status, held, rule } = deny else {
             panic!("deny forwarded")
         };
-        assert_eq!((status.code, status.reason, held), (403, "Forbidden", false));
+        assert_eq!(
+            (status.code, status.reason, held),
+            (403, "Forbidden", false)
+        );
         assert_eq!(rule.as_deref(), Some("no-secrets"));
         assert_eq!(
             status.message,
@@ -86,7 +89,9 @@ mod tests {
         let held = verdict(Decision::NeedsApproval {
             rule: "exec-needs-approval".into(),
             approvers: vec!["sre".into()],
-            message: "approval required: create pods/exec is held by policy rule \"exec-needs-approval\"".into(),
+            message:
+                "approval required: create pods/exec is held by policy rule \"exec-needs-approval\""
+                    .into(),
             obligations: obligations(),
         });
         let Verdict::Refuse { status, held, .. } = held else {

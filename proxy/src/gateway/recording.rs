@@ -242,7 +242,10 @@ mod tests {
             Some(7),
         );
         assert_eq!(meta.kind, SessionKind::Exec);
-        assert_eq!((meta.pod.as_str(), meta.namespace.as_str()), ("agent-0", "dev"));
+        assert_eq!(
+            (meta.pod.as_str(), meta.namespace.as_str()),
+            ("agent-0", "dev")
+        );
         assert_eq!(meta.command, ["sh", "-c", "echo hi"]);
         assert_eq!(meta.container, "main");
         assert!(meta.tty && meta.stdin);

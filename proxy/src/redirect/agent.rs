@@ -18,6 +18,7 @@ use tokio::io::Interest;
 use super::cgroup::{self, SelectedPod};
 use super::config::{split_host_port, NodeConfig};
 use super::entries::{desired_protected, gateway, plan_protected, socket_addr};
+use super::kube_pods::PodWatch;
 use super::RedirectError;
 
 /// Attached to every selected pod's cgroup. The packet drop goes first and the rewrite last,
@@ -104,6 +105,9 @@ pub fn run(config: NodeConfig) -> Result<(), RedirectError> {
 
 async fn run_async(config: NodeConfig) -> Result<(), RedirectError> {
     let mut agent = Agent::start(config)?;
+    if let Some(settings) = &agent.config.pods.kubernetes {
+        agent.pod_watch = Some(PodWatch::start(settings).await?);
+    }
     agent.reconcile(true);
     tracing::info!(pods = agent.pods.len(), "node agent ready");
     let events = agent.take_events()?;
@@ -171,6 +175,7 @@ struct Agent {
     pods: Vec<SelectedPod>,
     pod_names: StdHashMap<u64, String>,
     last_counters: Counters,
+    pod_watch: Option<PodWatch>,
 }
 
 impl Agent {
@@ -219,6 +224,7 @@ impl Agent {
             pods: Vec::new(),
             pod_names: StdHashMap::new(),
             last_counters: Counters::default(),
+            pod_watch: None,
         })
     }
 
@@ -331,8 +337,19 @@ impl Agent {
     }
 
     fn sync_pods(&mut self) -> Result<(), RedirectError> {
-        let (pods, skipped) =
-            cgroup::selected_pods(&self.config.pods.file, &self.config.pods.cgroup_root)?;
+        let mut entries = match &self.config.pods.file {
+            Some(file) => cgroup::read_pods_file(file)?,
+            None => Vec::new(),
+        };
+        // Until the watch has listed once, its silence is not "no pods": keep what is attached.
+        let complete = match &self.pod_watch {
+            Some(watch) => {
+                entries.extend(watch.entries());
+                watch.ready()
+            }
+            None => true,
+        };
+        let (pods, skipped) = cgroup::resolve_entries(&entries, &self.config.pods.cgroup_root);
         for reason in skipped {
             tracing::warn!(pod = %reason, "selected pod skipped");
         }
@@ -357,7 +374,9 @@ impl Agent {
                 ),
             }
         }
-        remove_unwanted(&dir, &wanted)?;
+        if complete {
+            remove_unwanted(&dir, &wanted)?;
+        }
         self.pod_names.clear();
         for pod in &pods {
             self.pod_names

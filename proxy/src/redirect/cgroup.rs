@@ -110,20 +110,25 @@ pub fn entry_cgroup(entry: &PodEntry, cgroup_root: &Path) -> Result<PathBuf, Str
     }
 }
 
-/// The pods file's entries whose cgroups exist now; the others are reported and skipped (a pod
-/// that is not started yet is picked up at a later reconcile).
-pub fn selected_pods(
-    file: &Path,
-    cgroup_root: &Path,
-) -> Result<(Vec<SelectedPod>, Vec<String>), RedirectError> {
+/// The pods file's entries. Entries whose cgroups do not exist yet are skipped by
+/// `resolve_entries` and picked up at a later reconcile.
+pub fn read_pods_file(file: &Path) -> Result<Vec<PodEntry>, RedirectError> {
     let text = std::fs::read_to_string(file).map_err(|error| RedirectError::Io {
         what: format!("cannot read pods file {}", file.display()),
         error,
     })?;
     let parsed: PodsFile = super::config::parse_yaml(&text, file)?;
+    Ok(parsed.pods)
+}
+
+/// The entries whose cgroups exist now, and why each other one was skipped.
+pub fn resolve_entries(
+    entries: &[PodEntry],
+    cgroup_root: &Path,
+) -> (Vec<SelectedPod>, Vec<String>) {
     let mut pods = Vec::new();
     let mut skipped = Vec::new();
-    for entry in &parsed.pods {
+    for entry in entries {
         let who = format!("{}/{}", entry.namespace, entry.name);
         let path = match entry_cgroup(entry, cgroup_root) {
             Ok(path) => path,
@@ -142,7 +147,7 @@ pub fn selected_pods(
             Err(error) => skipped.push(format!("{who}: {}: {error}", path.display())),
         }
     }
-    Ok((pods, skipped))
+    (pods, skipped)
 }
 
 /// On cgroup v2 a cgroup's id is its directory's inode number.

@@ -11,6 +11,10 @@
 //!   resolve_interval_seconds: 30
 //! pods:
 //!   file: /etc/portcullis/pods.yaml     # static pod list (tests, or an external selector)
+//!   kubernetes:                         # and/or this node's pods from the API server
+//!     cgroup_driver: systemd            # or cgroupfs
+//!     label_selector: "portcullis.dev/intercept=true"   # default
+//!     node_name_env: NODE_NAME          # default
 //!   cgroup_root: /sys/fs/cgroup         # the host's cgroup v2 mount
 //! gateway_cgroup: /sys/fs/cgroup/kubepods.slice/...   # optional, see docs/node-agent.md
 //! bpffs: /sys/fs/bpf/portcullis         # everything the agent pins lives here
@@ -23,6 +27,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::cgroup::CgroupDriver;
 use super::RedirectError;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -67,9 +72,45 @@ pub struct Protected {
 #[serde(deny_unknown_fields)]
 pub struct PodSource {
     /// YAML list of pods (see `cgroup::PodsFile`), re-read at every reconcile.
-    pub file: PathBuf,
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// Pods of this node from the API server, by label.
+    #[serde(default)]
+    pub kubernetes: Option<KubernetesPods>,
     #[serde(default = "default_cgroup_root")]
     pub cgroup_root: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesPods {
+    /// Environment variable holding this node's name (the DaemonSet sets it from
+    /// `spec.nodeName` with the downward API).
+    #[serde(default = "default_node_name_env")]
+    pub node_name_env: String,
+    #[serde(default = "default_label_selector")]
+    pub label_selector: String,
+    /// The kubelet's cgroup driver on this node.
+    pub cgroup_driver: CgroupDriver,
+}
+
+impl KubernetesPods {
+    pub fn node_name(&self) -> Result<String, RedirectError> {
+        std::env::var(&self.node_name_env)
+            .ok()
+            .filter(|name| !name.is_empty())
+            .ok_or_else(|| RedirectError::NodeName {
+                var: self.node_name_env.clone(),
+            })
+    }
+}
+
+fn default_node_name_env() -> String {
+    "NODE_NAME".into()
+}
+
+fn default_label_selector() -> String {
+    "portcullis.dev/intercept=true".into()
 }
 
 fn default_bpffs() -> PathBuf {
@@ -119,15 +160,25 @@ impl NodeConfig {
         if self.protected.endpoints.is_empty() && self.protected.hostnames.is_empty() {
             return Err("protected: no endpoints and no hostnames: nothing to protect".into());
         }
+        let gateway_ips = [Some(self.gateway.ipv4), self.gateway.ipv6].map(|a| a.map(|a| a.ip()));
         for (i, endpoint) in self.protected.endpoints.iter().enumerate() {
             if endpoint.port() == 0 {
                 return Err(format!("protected.endpoints[{i}]: port 0 is not a port"));
+            }
+            // Every packet to a protected IP is dropped, redirected ones included.
+            if gateway_ips.contains(&Some(endpoint.ip())) {
+                return Err(format!(
+                    "protected.endpoints[{i}]: {endpoint} is the gateway's own IP"
+                ));
             }
         }
         for (i, host) in self.protected.hostnames.iter().enumerate() {
             split_host_port(host).ok_or_else(|| {
                 format!("protected.hostnames[{i}]: expected host:port, got {host:?}")
             })?;
+        }
+        if self.pods.file.is_none() && self.pods.kubernetes.is_none() {
+            return Err("pods: set `file`, `kubernetes`, or both".into());
         }
         if self.protected.resolve_interval_seconds == 0 || self.reconcile_interval_seconds == 0 {
             return Err("intervals must be at least 1 second".into());
@@ -180,6 +231,8 @@ pods:
         let config = NodeConfig::parse(GOOD, Path::new("node.yaml")).unwrap();
         assert_eq!(config.bpffs, PathBuf::from("/sys/fs/bpf/portcullis"));
         assert_eq!(config.pods.cgroup_root, PathBuf::from("/sys/fs/cgroup"));
+        assert_eq!(config.pods.file, Some(PathBuf::from("/tmp/pods.yaml")));
+        assert!(config.pods.kubernetes.is_none());
         assert_eq!(config.protected.resolve_interval_seconds, 30);
         assert!(config.gateway.ipv6.is_none());
     }
@@ -201,12 +254,37 @@ pods:
     }
 
     #[test]
+    fn protecting_the_gateway_ip_is_refused() {
+        let text = GOOD.replace("203.0.113.10:443", "198.51.100.1:443");
+        let err = NodeConfig::parse(&text, Path::new("node.yaml")).unwrap_err();
+        assert!(err.to_string().contains("gateway's own IP"), "{err}");
+    }
+
+    #[test]
     fn nothing_protected_is_refused() {
         let text = GOOD
             .replace("  endpoints: [\"203.0.113.10:443\"]\n", "  endpoints: []\n")
             .replace("  hostnames: [\"api.example.test:443\"]\n", "");
         let err = NodeConfig::parse(&text, Path::new("node.yaml")).unwrap_err();
         assert!(err.to_string().contains("nothing to protect"), "{err}");
+    }
+
+    #[test]
+    fn kubernetes_source_gets_defaults_and_needs_a_driver() {
+        let text = GOOD.replace(
+            "  file: /tmp/pods.yaml",
+            "  kubernetes:\n    cgroup_driver: systemd",
+        );
+        let config = NodeConfig::parse(&text, Path::new("node.yaml")).unwrap();
+        let kube = config.pods.kubernetes.unwrap();
+        assert_eq!(kube.node_name_env, "NODE_NAME");
+        assert_eq!(kube.label_selector, "portcullis.dev/intercept=true");
+        assert_eq!(kube.cgroup_driver, CgroupDriver::Systemd);
+        let text = GOOD.replace("  file: /tmp/pods.yaml", "  kubernetes: {}");
+        assert!(NodeConfig::parse(&text, Path::new("node.yaml")).is_err());
+        let text = GOOD.replace("  file: /tmp/pods.yaml\n", "  cgroup_root: /x\n");
+        let err = NodeConfig::parse(&text, Path::new("node.yaml")).unwrap_err();
+        assert!(err.to_string().contains("`file`, `kubernetes`"), "{err}");
     }
 
     #[test]

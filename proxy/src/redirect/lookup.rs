@@ -20,16 +20,28 @@ use super::RedirectError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OriginalDestination {
     pub destination: SocketAddr,
+    /// The client socket's cgroup v2 id (a container cgroup inside the pod's).
     pub cgroup_id: u64,
     pub netns_cookie: u64,
+    pub matched_by: MatchedBy,
 }
 
-impl From<RawOriginal> for OriginalDestination {
-    fn from(raw: RawOriginal) -> Self {
+/// Which record answered: useful when diagnosing a deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatchedBy {
+    /// The accepted socket's SO_COOKIE (the gateway's cgroup has `sock_ops` attached).
+    AcceptedSocketCookie,
+    /// The connection's peer and local addresses.
+    Addresses,
+}
+
+impl OriginalDestination {
+    fn from_raw(raw: RawOriginal, matched_by: MatchedBy) -> Self {
         Self {
             destination: socket_addr(&raw.dest),
             cgroup_id: raw.cgroup_id,
             netns_cookie: raw.netns_cookie,
+            matched_by,
         }
     }
 }
@@ -58,36 +70,55 @@ impl OriginalDestinations {
         peer: SocketAddr,
         local: SocketAddr,
     ) -> Result<Option<OriginalDestination>, RedirectError> {
-        if let Some(cookie) = socket_option_u64(socket, libc::SO_COOKIE) {
-            if let Some(found) = get(&self.by_accept, &cookie)? {
-                return Ok(Some(found.into()));
-            }
-        }
-        self.lookup_by_addresses(socket, peer, local)
+        let cookie = socket_option_u64(socket, libc::SO_COOKIE);
+        let netns_cookie = if is_loopback(&local) {
+            socket_option_u64(socket, libc::SO_NETNS_COOKIE)
+        } else {
+            Some(0)
+        };
+        self.lookup_with(cookie, netns_cookie, peer, local)
     }
 
-    fn lookup_by_addresses(
+    /// The same for callers that hold the socket's cookie rather than its fd (pingora's
+    /// `SocketDigest::socket_cookie()`). Loopback connections are then found only by cookie:
+    /// their address record also needs the namespace cookie, which only the fd can give.
+    pub fn lookup_by_cookie_and_addresses(
         &self,
-        socket: BorrowedFd<'_>,
+        socket_cookie: Option<u64>,
         peer: SocketAddr,
         local: SocketAddr,
     ) -> Result<Option<OriginalDestination>, RedirectError> {
+        let netns_cookie = (!is_loopback(&local)).then_some(0);
+        self.lookup_with(socket_cookie, netns_cookie, peer, local)
+    }
+
+    fn lookup_with(
+        &self,
+        socket_cookie: Option<u64>,
+        netns_cookie: Option<u64>,
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) -> Result<Option<OriginalDestination>, RedirectError> {
+        if let Some(cookie) = socket_cookie {
+            if let Some(found) = get(&self.by_accept, &cookie)? {
+                return Ok(Some(OriginalDestination::from_raw(
+                    found,
+                    MatchedBy::AcceptedSocketCookie,
+                )));
+            }
+        }
         // Loopback 4-tuples repeat in every network namespace; sock_ops filed them with the
         // namespace's cookie, which both ends of a loopback connection share.
-        let netns_cookie = if is_loopback(&local) {
-            match socket_option_u64(socket, libc::SO_NETNS_COOKIE) {
-                Some(cookie) => cookie,
-                None => return Ok(None),
-            }
-        } else {
-            0
+        let Some(netns_cookie) = netns_cookie else {
+            return Ok(None);
         };
         let key = ConnKey {
             netns_cookie,
             client: endpoint(peer),
             server: endpoint(local),
         };
-        Ok(get(&self.by_conn, &key)?.map(Into::into))
+        Ok(get(&self.by_conn, &key)?
+            .map(|raw| OriginalDestination::from_raw(raw, MatchedBy::Addresses)))
     }
 }
 
@@ -144,4 +175,14 @@ fn socket_option_u64(socket: BorrowedFd<'_>, option: libc::c_int) -> Option<u64>
         )
     };
     (rc == 0 && len as usize == std::mem::size_of::<u64>()).then_some(value)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The gateway keeps one handle and queries it from every worker thread.
+    #[test]
+    fn lookups_can_be_shared_across_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<super::OriginalDestinations>();
+    }
 }

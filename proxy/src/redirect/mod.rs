@@ -21,13 +21,14 @@ mod agent;
 pub mod cgroup;
 pub mod config;
 pub mod entries;
+pub mod kube_pods;
 mod lookup;
 
 use std::path::PathBuf;
 
 pub use agent::{read_counters, run, uninstall, Counters};
 pub use config::NodeConfig;
-pub use lookup::{original_destination, OriginalDestination, OriginalDestinations};
+pub use lookup::{original_destination, MatchedBy, OriginalDestination, OriginalDestinations};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RedirectError {
@@ -65,6 +66,13 @@ pub enum RedirectError {
         what: String,
         error: Box<aya::programs::links::LinkError>,
     },
+    #[error("{what}: {}", chain(error.as_ref()))]
+    Kube {
+        what: String,
+        error: Box<kube::Error>,
+    },
+    #[error("pods.kubernetes: the environment variable {var} (this node's name) is not set")]
+    NodeName { var: String },
     #[error("{path} is not on a bpffs mount (mount -t bpf bpf <dir>)")]
     NotBpffs { path: PathBuf },
 }

@@ -8,6 +8,8 @@
 //! netprobe [--cgroup DIR] [--netns FILE] udp ADDR      send a datagram, wait for an answer
 //! netprobe [--cgroup DIR] [--netns FILE] hold ADDR     connect, print, wait for a stdin line,
 //!                                                      then send "after" and read one line
+//! netprobe [--cgroup DIR] [--netns FILE] raw-udp ADDR  hand-made UDP datagram "raw-ping" on a
+//!                                                      raw IP socket (no connect, no UDP stack)
 //! ```
 
 use std::io::{BufRead, BufReader, Write};
@@ -39,6 +41,7 @@ enum Action {
     Tcp { addr: SocketAddr },
     Udp { addr: SocketAddr },
     Hold { addr: SocketAddr },
+    RawUdp { addr: SocketAddr },
 }
 
 fn main() -> Result<()> {
@@ -54,6 +57,7 @@ fn main() -> Result<()> {
         Action::Tcp { addr } => tcp(addr, "hello"),
         Action::Udp { addr } => udp(addr),
         Action::Hold { addr } => hold(addr),
+        Action::RawUdp { addr } => raw_udp(addr),
     };
     println!("{result}");
     Ok(())
@@ -147,4 +151,50 @@ fn hold(addr: SocketAddr) -> serde_json::Value {
     let mut go = String::new();
     let _ = std::io::stdin().read_line(&mut go);
     exchange(stream, "after")
+}
+
+/// Sends one UDP datagram built by hand through `SOCK_RAW`/`IPPROTO_UDP`: the kernel adds the IP
+/// header, but neither connect() nor the UDP socket hooks are involved.
+fn raw_udp(addr: SocketAddr) -> serde_json::Value {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let SocketAddr::V4(v4) = addr else {
+        return json!({"ok": false, "stage": "args", "error": "IPv4 only"});
+    };
+    // SAFETY: plain socket(2) call; the fd is owned right below.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_UDP) };
+    if raw < 0 {
+        return error_json("socket", &std::io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh, valid fd nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let payload = b"raw-ping";
+    let mut datagram = Vec::with_capacity(8 + payload.len());
+    datagram.extend_from_slice(&40_000u16.to_be_bytes());
+    datagram.extend_from_slice(&v4.port().to_be_bytes());
+    datagram.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    datagram.extend_from_slice(&0u16.to_be_bytes()); // no checksum: allowed for UDP over IPv4
+    datagram.extend_from_slice(payload);
+    let target = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(v4.ip().octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: buffer and address are valid for the call; lengths match them.
+    let sent = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            datagram.as_ptr().cast(),
+            datagram.len(),
+            0,
+            (&target as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if sent < 0 {
+        return error_json("send", &std::io::Error::last_os_error());
+    }
+    json!({"ok": true, "sent": sent})
 }

@@ -6,8 +6,8 @@
 //! witness of what the gateway forwarded.
 
 mod eks;
-mod mcp;
 mod masking;
+mod mcp;
 mod oidc;
 mod policy;
 mod recording;

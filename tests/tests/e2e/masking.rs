@@ -144,7 +144,10 @@ fn secrets_are_masked_in_every_response_shape() -> Result<()> {
         ["kubectl.kubernetes.io/last-applied-configuration"]
         .as_str()
         .context("the last-applied annotation is kept (masked)")?;
-    ensure!(last_applied.contains(MARKER) || last_applied == MARKER, "{json}");
+    ensure!(
+        last_applied.contains(MARKER) || last_applied == MARKER,
+        "{json}"
+    );
     assert_no_values("get -o json", &json.to_string())?;
     let jsonpath = s.kubectl(&[
         "get",
@@ -198,13 +201,22 @@ fn secrets_are_masked_in_every_response_shape() -> Result<()> {
 
     // A watch: events masked one by one as they happen.
     let mut watch = s
-        .kubectl_cmd(&["get", "secrets", "-w", "-o", "json", "--output-watch-events"])?
+        .kubectl_cmd(&[
+            "get",
+            "secrets",
+            "-w",
+            "-o",
+            "json",
+            "--output-watch-events",
+        ])?
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()?;
     let lines = spawn_lines(&mut watch)?;
     let watched = (|| -> Result<String> {
-        wait_for_line(&lines, Duration::from_secs(20), |l| l.contains("db-credentials"))?;
+        wait_for_line(&lines, Duration::from_secs(20), |l| {
+            l.contains("db-credentials")
+        })?;
         s.kubectl(&[
             "create",
             "secret",
@@ -271,12 +283,16 @@ fn secrets_are_masked_in_every_response_shape() -> Result<()> {
         let c = &r[case];
         ensure!(c["code"] == 200, "{case}: {c}");
         ensure!(
-            c["type"].as_str().is_some_and(|t| t.starts_with("application/json"))
+            c["type"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("application/json"))
                 && c["encoding"].is_null(),
             "{case}: the gateway must answer JSON, uncompressed: {c}"
         );
         ensure!(
-            c["body"].as_str().is_some_and(|b| b.contains(MARKER_BASE64)),
+            c["body"]
+                .as_str()
+                .is_some_and(|b| b.contains(MARKER_BASE64)),
             "{case}: {c}"
         );
     }
@@ -299,7 +315,8 @@ fn secrets_are_masked_in_every_response_shape() -> Result<()> {
 
     // The API server stored the real values: the gateway masked what it returned, it did not
     // rewrite what it forwarded.
-    let secrets = portcullis_tests::double::resources::lookup("", "v1", "secrets").context("secrets")?;
+    let secrets =
+        portcullis_tests::double::resources::lookup("", "v1", "secrets").context("secrets")?;
     let stored = s
         .double()
         .store()

@@ -172,7 +172,10 @@ fn namespace_scopes_deny_presets_and_approval_rules() -> Result<()> {
                 || e.path == "/api/v1/pods"
         })
         .collect();
-    ensure!(leaked.is_empty(), "refused requests were forwarded: {leaked:?}");
+    ensure!(
+        leaked.is_empty(),
+        "refused requests were forwarded: {leaked:?}"
+    );
 
     // `kubectl delete namespace prod` by an unscoped automation identity that may otherwise do
     // everything: the no-destructive preset's message, and the namespace survives.
@@ -202,7 +205,11 @@ fn namespace_scopes_deny_presets_and_approval_rules() -> Result<()> {
         &[],
         "oncall-exec-needs-approval",
     )?;
-    let (_, _, err) = s.kubectl_as(&oncall, &["-n", "default", "exec", "web-0", "--", "id"], &[])?;
+    let (_, _, err) = s.kubectl_as(
+        &oncall,
+        &["-n", "default", "exec", "web-0", "--", "id"],
+        &[],
+    )?;
     ensure!(err.to_lowercase().contains("approval"), "{err}");
 
     // Discovery and self-review work for anyone authenticated, even with no rule of their own.
@@ -314,7 +321,10 @@ fn policy_file_hot_reload_applies_to_connected_clients_and_rejects_bad_files() -
         )?;
         wait_for_reload(&s, "failure", failed_before)?;
         ensure!(ask(pods)? == 200, "the last good policy stays in force");
-        ensure!(ask(cms)? == 403, "the invalid file must not have taken effect");
+        ensure!(
+            ask(cms)? == 403,
+            "the invalid file must not have taken effect"
+        );
         let log = s.gateway.log();
         ensure!(
             log.contains("rules.yaml") && log.contains("line"),

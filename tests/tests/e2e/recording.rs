@@ -16,7 +16,9 @@ use super::{interactive_exec, Stack};
 
 /// Runs `portcullis <args>`; returns (success, stdout, stderr).
 fn portcullis(args: &[&str]) -> Result<(bool, String, String)> {
-    let out: Output = Command::new(harness::portcullis_bin()).args(args).output()?;
+    let out: Output = Command::new(harness::portcullis_bin())
+        .args(args)
+        .output()?;
     Ok((
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -35,8 +37,11 @@ fn config_path(s: &Stack) -> PathBuf {
     s.dir.path().join("portcullis.yaml")
 }
 
-/// The asciicast's header and its events as (time, code, data).
-fn asciicast(text: &str) -> Result<(Value, Vec<(f64, String, String)>)> {
+/// One asciicast event: (time, code, data).
+type CastEvent = (f64, String, String);
+
+/// The asciicast's header and its events.
+fn asciicast(text: &str) -> Result<(Value, Vec<CastEvent>)> {
     let mut lines = text.lines();
     let header: Value = serde_json::from_str(lines.next().context("empty asciicast")?)?;
     let mut events = Vec::new();
@@ -53,7 +58,7 @@ fn asciicast(text: &str) -> Result<(Value, Vec<(f64, String, String)>)> {
     Ok((header, events))
 }
 
-fn joined(events: &[(f64, String, String)], code: &str) -> String {
+fn joined(events: &[CastEvent], code: &str) -> String {
     events
         .iter()
         .filter(|e| e.1 == code)
@@ -61,14 +66,14 @@ fn joined(events: &[(f64, String, String)], code: &str) -> String {
         .collect()
 }
 
-fn session_with<'a>(sessions: &'a [Value], pred: impl Fn(&Value) -> bool) -> Result<&'a Value> {
+fn session_with(sessions: &[Value], pred: impl Fn(&Value) -> bool) -> Result<&Value> {
     sessions
         .iter()
         .find(|s| pred(s))
         .with_context(|| format!("no such session among {sessions:#?}"))
 }
 
-fn export(config: &Path, session: &Value) -> Result<(Value, Vec<(f64, String, String)>)> {
+fn export(config: &Path, session: &Value) -> Result<(Value, Vec<CastEvent>)> {
     let id = session["session_id"].as_str().context("session_id")?;
     let (ok, out, err) = portcullis(&[
         "export",
@@ -94,12 +99,11 @@ fn sessions_are_recorded_replayable_and_every_call_is_audited() -> Result<()> {
         ensure!(out.status.success(), "{label} echo");
         let out = s.kubectl_output(&["exec", "web-0", "--", "sh", "-c", "exit 3"], &env, None)?;
         ensure!(out.status.code() == Some(3), "{label} exit 3");
-        let out = s.kubectl_output(
-            &["exec", "-i", "web-0", "--", "cat"],
-            &env,
-            Some(payload),
-        )?;
-        ensure!(String::from_utf8_lossy(&out.stdout) == payload, "{label} cat");
+        let out = s.kubectl_output(&["exec", "-i", "web-0", "--", "cat"], &env, Some(payload))?;
+        ensure!(
+            String::from_utf8_lossy(&out.stdout) == payload,
+            "{label} cat"
+        );
         let out = s.kubectl_output(&["attach", "-i", "web-0"], &env, Some("whoami\nexit 0\n"))?;
         ensure!(
             String::from_utf8_lossy(&out.stdout).contains("oidc:alice"),
@@ -119,9 +123,11 @@ fn sessions_are_recorded_replayable_and_every_call_is_audited() -> Result<()> {
     ensure!(ok, "sessions list: {err}");
     let sessions = json_lines(&out)?;
     let command_is = |s: &Value, cmd: &[&str]| {
-        s["command"]
-            .as_array()
-            .is_some_and(|c| c.iter().map(|x| x.as_str().unwrap_or("")).eq(cmd.iter().copied()))
+        s["command"].as_array().is_some_and(|c| {
+            c.iter()
+                .map(|x| x.as_str().unwrap_or(""))
+                .eq(cmd.iter().copied())
+        })
     };
     for (label, protocol) in [("websocket", "websocket/v5"), ("spdy", "spdy/3.1")] {
         let echo = session_with(&sessions, |s| command_is(s, &["echo", "hello", label]))?;
@@ -157,7 +163,10 @@ fn sessions_are_recorded_replayable_and_every_call_is_audited() -> Result<()> {
         let (_, events) = export(&config, cat)?;
         // Keystrokes are recorded as input events: they prove intent.
         ensure!(joined(&events, "i") == payload, "{label} stdin: {events:?}");
-        ensure!(joined(&events, "o") == payload, "{label} stdout: {events:?}");
+        ensure!(
+            joined(&events, "o") == payload,
+            "{label} stdout: {events:?}"
+        );
         ensure!(
             events.windows(2).all(|w| w[0].0 <= w[1].0),
             "event times go backwards"
@@ -202,7 +211,11 @@ fn sessions_are_recorded_replayable_and_every_call_is_audited() -> Result<()> {
         })
         .collect();
     let forwarded = s.log();
-    ensure!(forwarded.len() > 20, "the double saw {} requests", forwarded.len());
+    ensure!(
+        forwarded.len() > 20,
+        "the double saw {} requests",
+        forwarded.len()
+    );
     for entry in &forwarded {
         ensure!(
             audited.contains(&(entry.path.clone(), "oidc:alice".to_string())),
@@ -216,10 +229,7 @@ fn sessions_are_recorded_replayable_and_every_call_is_audited() -> Result<()> {
         .find(|r| r["verb"] == "create" && r["resource"] == "configmaps")
         .context("no create record")?;
     ensure!(create["status"] == 201, "{create}");
-    ensure!(
-        create["impersonated_user"] == "oidc:alice",
-        "{create}"
-    );
+    ensure!(create["impersonated_user"] == "oidc:alice", "{create}");
     ensure!(
         !out.contains(&s.client_token),
         "a token reached the audit log"
@@ -284,10 +294,8 @@ fn acknowledged_mutations_survive_kill_9_and_the_chain_verifies() -> Result<()> 
             .spawn()?;
         let lines = super::spawn_lines(&mut child)?;
         // Let some requests land, then crash the gateway in the middle of the load.
-        let killed = super::wait_for_line(&lines, Duration::from_secs(20), |l| {
-            l == "progress 25"
-        })
-        .and_then(|_| s.gateway.kill_hard());
+        let killed = super::wait_for_line(&lines, Duration::from_secs(20), |l| l == "progress 25")
+            .and_then(|_| s.gateway.kill_hard());
         let result = super::wait_for_line(&lines, Duration::from_secs(30), |l| l.starts_with('{'));
         let _ = child.kill();
         let _ = child.wait();
@@ -299,7 +307,10 @@ fn acknowledged_mutations_survive_kill_9_and_the_chain_verifies() -> Result<()> 
             .iter()
             .filter_map(|v| v.as_str().map(str::to_string))
             .collect();
-        ensure!(deleted.len() >= 20, "round {round}: too little load: {result}");
+        ensure!(
+            deleted.len() >= 20,
+            "round {round}: too little load: {result}"
+        );
         acknowledged_creates += result["created"].as_array().map_or(0, Vec::len);
         acknowledged_deletes.extend(deleted);
         // Same config, same store: the restarted gateway recovers the chain tip.
@@ -309,7 +320,10 @@ fn acknowledged_mutations_survive_kill_9_and_the_chain_verifies() -> Result<()> 
     s.gateway.terminate(Duration::from_secs(10))?;
     let cfg = config.to_str().context("utf-8")?;
     let (ok, out, err) = portcullis(&["audit", "verify", "--config", cfg])?;
-    ensure!(ok && out.contains("OK"), "audit verify after crashes: {out}{err}");
+    ensure!(
+        ok && out.contains("OK"),
+        "audit verify after crashes: {out}{err}"
+    );
 
     let (ok, out, err) = portcullis(&[
         "audit", "query", "--config", cfg, "--verb", "delete", "--output", "json",
@@ -331,8 +345,16 @@ fn acknowledged_mutations_survive_kill_9_and_the_chain_verifies() -> Result<()> 
         );
     }
     let (ok, out, err) = portcullis(&[
-        "audit", "query", "--config", cfg, "--verb", "create", "--resource", "configmaps",
-        "--output", "json",
+        "audit",
+        "query",
+        "--config",
+        cfg,
+        "--verb",
+        "create",
+        "--resource",
+        "configmaps",
+        "--output",
+        "json",
     ])?;
     ensure!(ok, "{err}");
     let create_records = json_lines(&out)?.len();

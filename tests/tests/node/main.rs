@@ -164,6 +164,9 @@ struct Fixture {
     pod_cgroup: PathBuf,
     app_cgroup: PathBuf,
     outside_cgroup: PathBuf,
+    /// Set when the agent bridges the gateway's cgroup (lookup by accepted socket cookie).
+    gateway_cgroup: Option<PathBuf>,
+    cgroup_mount: PathBuf,
     pod_ns: String,
     pod2_ns: String,
     node_ns: String,
@@ -199,7 +202,9 @@ fn skip(reason: &str) -> Option<Fixture> {
 
 impl Fixture {
     /// `None` (with a printed reason) where this machine cannot run the test.
-    fn new() -> Result<Option<Self>> {
+    /// `bridge_gateway`: put the gateway stand-in's listener in its own cgroup and give that
+    /// cgroup to the agent as `gateway_cgroup`.
+    fn new(bridge_gateway: bool) -> Result<Option<Self>> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             return Ok(skip("needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)"));
@@ -246,7 +251,14 @@ impl Fixture {
         let pod_cgroup = base.join("pod");
         let app_cgroup = pod_cgroup.join("app");
         let outside_cgroup = base.join("outside");
-        for cg in [&base, &pod_cgroup, &app_cgroup, &outside_cgroup] {
+        let gateway_cg = base.join("gateway");
+        for cg in [
+            &base,
+            &pod_cgroup,
+            &app_cgroup,
+            &outside_cgroup,
+            &gateway_cg,
+        ] {
             std::fs::create_dir(cg).with_context(|| format!("create cgroup {}", cg.display()))?;
             let cg = cg.clone();
             cleanups.push(Cleanup::new(move || {
@@ -301,7 +313,11 @@ impl Fixture {
                 pods_file.display(),
                 cgroup_mount.display(),
                 pins.display()
-            ),
+            ) + &if bridge_gateway {
+                format!("gateway_cgroup: {}\n", gateway_cg.display())
+            } else {
+                String::new()
+            },
         )?;
 
         let mut fixture = Self {
@@ -318,6 +334,8 @@ impl Fixture {
             pod_cgroup,
             app_cgroup,
             outside_cgroup,
+            gateway_cgroup: bridge_gateway.then_some(gateway_cg),
+            cgroup_mount,
             pod_ns,
             pod2_ns,
             node_ns,
@@ -330,15 +348,37 @@ impl Fixture {
     /// same lookup the real gateway calls.
     fn start_gateway(&mut self) -> Result<()> {
         let pins = self.pins.clone();
+        // A socket's cgroup is fixed at creation and accepted sockets inherit the listener's,
+        // so the listener is created while this process sits in the gateway cgroup.
+        let moved = match &self.gateway_cgroup {
+            Some(cgroup) => Some(self.move_self_to(cgroup)?),
+            None => None,
+        };
         let server = in_netns(&self.node_ns, move || {
             let listener = TcpListener::bind(("::", 15443))?;
             Ok(serve_tcp(
                 listener,
                 Arc::new(move |stream| gateway_connection(stream, &pins)),
             ))
-        })?;
-        self.gateway = Some(server);
+        });
+        if let Some(original) = moved {
+            self.move_self_to(&original)?;
+        }
+        self.gateway = Some(server?);
         Ok(())
+    }
+
+    /// Moves this whole process to `cgroup`; returns the cgroup it was in.
+    fn move_self_to(&self, cgroup: &Path) -> Result<PathBuf> {
+        let current = std::fs::read_to_string("/proc/self/cgroup")?;
+        let relative = current
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .context("no cgroup v2 entry in /proc/self/cgroup")?;
+        let original = self.cgroup_mount.join(relative.trim_start_matches('/'));
+        std::fs::write(cgroup.join("cgroup.procs"), std::process::id().to_string())
+            .with_context(|| format!("move to {}", cgroup.display()))?;
+        Ok(original)
     }
 
     fn stop_gateway(&mut self) {
@@ -502,12 +542,20 @@ fn gateway_connection(mut stream: TcpStream, pins: &Path) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     let answer = match (stream.peer_addr(), stream.local_addr()) {
         (Ok(peer), Ok(local)) => {
-            match portcullis::redirect::original_destination(pins, stream.as_fd(), peer, local) {
-                Ok(Some(original)) => {
-                    format!("gateway {} {}", original.destination, original.cgroup_id)
-                }
-                Ok(None) => "gateway none".to_string(),
-                Err(err) => format!("gateway error {err}"),
+            let by_fd =
+                portcullis::redirect::original_destination(pins, stream.as_fd(), peer, local);
+            // What pingora can offer instead of the fd: SO_COOKIE and the two addresses.
+            let by_cookie = portcullis::redirect::OriginalDestinations::open(pins).and_then(|l| {
+                l.lookup_by_cookie_and_addresses(socket_cookie(&stream), peer, local)
+            });
+            match (by_fd, by_cookie) {
+                (Ok(a), Ok(b)) if a != b => format!("gateway mismatch {a:?} {b:?}"),
+                (Ok(Some(original)), Ok(_)) => format!(
+                    "gateway {} {} {:?}",
+                    original.destination, original.cgroup_id, original.matched_by
+                ),
+                (Ok(None), Ok(_)) => "gateway none".to_string(),
+                (Err(err), _) | (_, Err(err)) => format!("gateway error {err}"),
             }
         }
         _ => "gateway no-addresses".to_string(),
@@ -527,16 +575,20 @@ fn reply(v: &Value) -> &str {
 }
 
 fn expect_gateway(v: &Value, original: &str, cgroup_id: u64, what: &str) {
+    expect_gateway_via(v, original, cgroup_id, "Addresses", what);
+}
+
+fn expect_gateway_via(v: &Value, original: &str, cgroup_id: u64, matched_by: &str, what: &str) {
     assert_eq!(
         reply(v),
-        format!("gateway {original} {cgroup_id}"),
+        format!("gateway {original} {cgroup_id} {matched_by}"),
         "{what}: expected the gateway to see {original}; probe said {v}"
     );
 }
 
 #[test]
 fn selected_pod_goes_through_the_gateway_and_every_bypass_fails() -> Result<()> {
-    let Some(mut fx) = Fixture::new()? else {
+    let Some(mut fx) = Fixture::new(false)? else {
         return Ok(());
     };
     // Before the agent: the pod reaches the endpoint directly, and opens a connection that
@@ -606,11 +658,38 @@ fn selected_pod_goes_through_the_gateway_and_every_bypass_fails() -> Result<()> 
     assert_eq!(reply(&control), "endpoint-udp", "control: {control}");
     let udp_before = fx.udp_received.lock().map(|l| l.len()).unwrap_or(0);
     let v = fx.probe(&fx.app_cgroup, &fx.pod_ns, &["udp", ENDPOINT])?;
+    eprintln!("UDP from the pod: {v}");
     assert_eq!(v["ok"], false, "UDP must not get through: {v}");
     let udp_after = fx.udp_received.lock().map(|l| l.len()).unwrap_or(0);
     assert_eq!(
         udp_before, udp_after,
         "the endpoint received the pod's datagram"
+    );
+
+    // Bypass: a raw IP socket carrying a hand-made UDP datagram (no connect(), no UDP hooks).
+    let raw_received = |fx: &Fixture| {
+        fx.udp_received
+            .lock()
+            .map(|l| l.iter().filter(|m| *m == "raw-ping").count())
+            .unwrap_or(0)
+    };
+    let control = fx.probe(&fx.outside_cgroup, &fx.pod_ns, &["raw-udp", ENDPOINT])?;
+    assert_eq!(control["ok"], true, "control: {control}");
+    wait_until(
+        || raw_received(&fx) == 1,
+        "the outside raw datagram to arrive",
+    )?;
+    let v = fx.probe(&fx.app_cgroup, &fx.pod_ns, &["raw-udp", ENDPOINT])?;
+    eprintln!("raw UDP from the pod: {v}");
+    // sendto() itself succeeds or fails with EPERM depending on where the drop lands; either
+    // way nothing may arrive.
+    let sent_by_pod = fx.probe(&fx.outside_cgroup, &fx.pod_ns, &["raw-udp", ENDPOINT])?;
+    assert_eq!(sent_by_pod["ok"], true, "{sent_by_pod}");
+    wait_until(|| raw_received(&fx) == 2, "the second outside raw datagram")?;
+    assert_eq!(
+        raw_received(&fx),
+        2,
+        "the pod's raw datagram reached the endpoint: {v}"
     );
 
     // Bypass: a new network namespace, still in the pod's cgroup: the hook follows the
@@ -658,7 +737,7 @@ fn selected_pod_goes_through_the_gateway_and_every_bypass_fails() -> Result<()> 
 
 #[test]
 fn enforcement_survives_restarts_and_uninstall_removes_it() -> Result<()> {
-    let Some(mut fx) = Fixture::new()? else {
+    let Some(mut fx) = Fixture::new(false)? else {
         return Ok(());
     };
     fx.start_agent()?;
@@ -729,4 +808,48 @@ impl Drop for ChildGuard {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+#[test]
+fn gateway_cgroup_finds_the_original_destination_by_socket_cookie() -> Result<()> {
+    let Some(mut fx) = Fixture::new(true)? else {
+        return Ok(());
+    };
+    fx.start_agent()?;
+    let cgroup_id = fx.pod_cgroup_id();
+    for (addr, original) in [
+        (ENDPOINT, ENDPOINT),
+        (ENDPOINT_MAPPED, ENDPOINT),
+        (ENDPOINT_V6, ENDPOINT_V6),
+    ] {
+        let v = fx.pod_tcp(addr)?;
+        expect_gateway_via(&v, original, cgroup_id, "AcceptedSocketCookie", addr);
+    }
+    Ok(())
+}
+
+/// Polls `done` until it holds; fails after 10 s with `what`.
+fn wait_until(mut done: impl FnMut() -> bool, what: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        ensure!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+fn socket_cookie(stream: &TcpStream) -> Option<u64> {
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: valid fd, out-parameters sized for a u64.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(cookie)
 }
