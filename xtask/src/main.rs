@@ -1,8 +1,10 @@
 //! Developer and CI tasks for the Portcullis workspace (`cargo xtask <task>`): installing
 //! the test peers, building, testing, linting, the demo and the benchmark. Owns orchestration
 //! only: it must never change git state or write outside the workspace's `.peers/`, `.demo/`
-//! and cargo's own target directory. System packages are `.ci/run`'s job; the one exception is
-//! the demo installing cmake (announced) so it works on a fresh machine.
+//! and cargo's own target directory. System packages are `.ci/run`'s job; the exceptions are
+//! the demo installing cmake (announced) so it works on a fresh machine, and `build-ebpf`
+//! installing the LLVM 22 packages, rust-src and bpf-linker it needs (announced, only if
+//! missing) and refreshing `proxy/build.rs`'s mtime (not its content) so cargo re-embeds.
 
 mod bench;
 mod ebpf;

@@ -83,12 +83,54 @@ pub fn uninstall(config: &NodeConfig) -> Result<(), RedirectError> {
         tracing::info!(dir = %dir.display(), "nothing pinned");
         return Ok(());
     }
+    let links = pinned_link_ids(dir);
     std::fs::remove_dir_all(dir).map_err(|error| RedirectError::Io {
         what: format!("remove {}", dir.display()),
         error,
     })?;
-    tracing::info!(dir = %dir.display(), "removed every pin; programs detached");
+    // The kernel frees an unpinned link (and so detaches its program) asynchronously; wait
+    // for it, so "uninstalled" means the pods are really free when this returns.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let remaining = aya::programs::loaded_links()
+            .flatten()
+            .filter(|info| links.contains(&info.id()))
+            .count();
+        if remaining == 0 {
+            break;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(remaining, "links still being released by the kernel");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    tracing::info!(dir = %dir.display(), links = links.len(), "removed every pin; programs detached");
     Ok(())
+}
+
+/// Kernel ids of the links pinned under `<dir>/cgroups/*/` and `<dir>/gateway/*/`.
+fn pinned_link_ids(dir: &Path) -> HashSet<u32> {
+    let mut ids = HashSet::new();
+    for group in ["cgroups", "gateway"] {
+        let Ok(cgroups) = std::fs::read_dir(dir.join(group)) else {
+            continue;
+        };
+        for pins in cgroups.flatten() {
+            let Ok(files) = std::fs::read_dir(pins.path()) else {
+                continue;
+            };
+            for pin in files.flatten() {
+                let info = aya::programs::links::PinnedLink::from_pin(pin.path())
+                    .map(FdLink::from)
+                    .and_then(|link| link.info());
+                if let Ok(info) = info {
+                    ids.insert(info.id());
+                }
+            }
+        }
+    }
+    ids
 }
 
 /// Runs the agent until SIGTERM/SIGINT. Leaves everything pinned when it stops.
