@@ -46,6 +46,8 @@ fn entry(i: u64, verb: &str) -> AuditEntry {
         status: None,
         body: None,
         body_truncated: false,
+        original_destination: None,
+        client_cgroup_id: None,
     })
 }
 

@@ -3,6 +3,7 @@
 //! Owns: `/healthz`, `/readyz`, `/metrics`. Must never: serve anything of the protected cluster
 //! or accept credentials; it is meant for the kubelet's probes and the metrics scraper.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -16,6 +17,8 @@ use crate::metrics::Metrics;
 pub struct AdminApp {
     pub metrics: Arc<Metrics>,
     pub verifier: Arc<Verifier>,
+    /// The node agent's pin directory (`redirect.pin_dir`): its counters join `/metrics`.
+    pub redirect_pins: Option<PathBuf>,
 }
 
 #[async_trait]
@@ -25,7 +28,12 @@ impl ServeHttp for AdminApp {
         let (code, content_type, body) = match path.as_str() {
             "/healthz" | "/livez" => (200, "text/plain", b"ok".to_vec()),
             "/readyz" => readyz(&self.verifier),
-            "/metrics" => (200, "text/plain; version=0.0.4", self.metrics.render()),
+            "/metrics" => {
+                if let Some(pins) = &self.redirect_pins {
+                    crate::redirect::gateway::export_counters(pins, &self.metrics.redirect_events);
+                }
+                (200, "text/plain; version=0.0.4", self.metrics.render())
+            }
             _ => (404, "text/plain", b"not found".to_vec()),
         };
         Response::builder()

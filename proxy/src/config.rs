@@ -58,6 +58,10 @@ pub struct Config {
     /// The audit log and session recordings (see `record`).
     #[serde(default)]
     pub record: crate::record::RecordConfig,
+    /// The node agent's redirect (see `redirect::gateway`): look up where each redirected
+    /// connection was going. Absent: off.
+    #[serde(default)]
+    pub redirect: Option<crate::redirect::RedirectConfig>,
     /// Turn off authentication, classification and impersonation: bare passthrough with the
     /// gateway's credential. Only for the benchmark's baseline; refused unless set explicitly.
     #[serde(default)]
@@ -488,6 +492,10 @@ impl Config {
         }
         if self.server.threads == Some(0) {
             return Err("server.threads must be at least 1".into());
+        }
+        self.record.validate()?;
+        if let Some(redirect) = &self.redirect {
+            redirect.validate().map_err(|m| format!("redirect: {m}"))?;
         }
         Ok(())
     }

@@ -410,3 +410,50 @@ fn run_policy(command: PolicyCommand) -> anyhow::Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent_and_store_commands_parse() {
+        Cli::command().debug_assert();
+        let parsed = Cli::try_parse_from([
+            "portcullis",
+            "audit",
+            "query",
+            "--store",
+            "/s",
+            "--decision",
+            "deny",
+            "--output",
+            "json",
+        ]);
+        assert!(parsed.is_ok());
+        let both = Cli::try_parse_from([
+            "portcullis",
+            "audit",
+            "verify",
+            "--store",
+            "/s",
+            "--config",
+            "/c",
+        ]);
+        assert!(both.is_err(), "--store and --config exclude each other");
+        let neither = Cli::try_parse_from(["portcullis", "sessions", "list"]);
+        assert!(neither.is_err(), "a store is required");
+        assert!(Cli::try_parse_from([
+            "portcullis",
+            "export",
+            "s1",
+            "--config",
+            "/c",
+            "--format",
+            "asciicast",
+            "-o",
+            "x.cast",
+        ])
+        .is_ok());
+    }
+}

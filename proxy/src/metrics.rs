@@ -4,8 +4,8 @@
 //! token) as a label value; labels are verbs, resources from the classifier, and status codes.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 
 pub struct Metrics {
@@ -17,6 +17,9 @@ pub struct Metrics {
     pub policy_reloads: IntCounterVec,
     /// The recorder's metrics (audit appends, flushes, session queues); see `record`.
     pub recorder: RecorderMetrics,
+    /// The node agent's kernel counters by `kind` (redirect, reject, drop), read from its pins
+    /// at each scrape when `redirect.pin_dir` is set; see `redirect::gateway::export_counters`.
+    pub redirect_events: IntGaugeVec,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +64,14 @@ impl Metrics {
         registry.register(Box::new(policy_reloads.clone()))?;
         let recorder = RecorderMetrics::new()?;
         recorder.register(&registry)?;
+        let redirect_events = IntGaugeVec::new(
+            Opts::new(
+                "portcullis_redirect_events",
+                "Node agent eBPF events on this node since its maps were pinned, by kind (redirect, reject, drop)",
+            ),
+            &["kind"],
+        )?;
+        registry.register(Box::new(redirect_events.clone()))?;
         Ok(Self {
             registry,
             requests,
@@ -68,6 +79,7 @@ impl Metrics {
             active_streams,
             policy_reloads,
             recorder,
+            redirect_events,
         })
     }
 

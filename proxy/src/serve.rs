@@ -171,6 +171,11 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), ServeError> {
         tracing::warn!("record.path is not set: NO audit log and NO session recordings");
         None
     };
+    let recorder_at_shutdown = recorder.clone();
+    let redirects = config
+        .redirect
+        .clone()
+        .map(|r| Arc::new(crate::redirect::Redirects::open(r)));
     let _reloader = spawn_reloader_thread(
         PolicyReloader::for_config_file(
             policy.clone(),
@@ -207,6 +212,7 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), ServeError> {
         policy,
         masker,
         recorder,
+        redirects,
         passthrough: config.benchmark_passthrough,
         connect_timeout: Duration::from_secs(config.upstream.connect_timeout_seconds),
         stream_idle_timeout: config.streams.idle_timeout_seconds.map(Duration::from_secs),
@@ -238,11 +244,18 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), ServeError> {
             HttpServer::new_app(AdminApp {
                 metrics,
                 verifier: Arc::clone(&verifier),
+                redirect_pins: config.redirect.as_ref().map(|r| r.pin_dir.clone()),
             }),
         );
         service.add_tcp(&admin.address.to_string());
         server.add_service(service);
         tracing::info!(address = %admin.address, "admin listener (healthz, readyz, metrics)");
+    }
+    if let Some(recorder) = recorder_at_shutdown {
+        server.add_service(background_service(
+            "audit store shutdown",
+            RecorderShutdown { recorder },
+        ));
     }
     if verifier.has_remote_issuers() {
         server.add_service(background_service(
@@ -262,6 +275,23 @@ fn next_check(verifier: &Verifier) -> Duration {
         .until_next_refresh()
         .unwrap_or(JWKS_SCHEDULE_MAX_SLEEP)
         .clamp(Duration::from_secs(1), JWKS_SCHEDULE_MAX_SLEEP)
+}
+
+/// On a graceful shutdown: sign a checkpoint of the audit chain's tip and flush, so a cleanly
+/// stopped gateway leaves a store whose whole tail is covered by a signature.
+struct RecorderShutdown {
+    recorder: Recorder,
+}
+
+#[async_trait]
+impl BackgroundService for RecorderShutdown {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let _ = shutdown.changed().await;
+        self.recorder.checkpoint();
+        if let Err(e) = self.recorder.flush() {
+            tracing::error!(error = %e, "final audit store flush failed");
+        }
+    }
 }
 
 /// Scheduled JWKS refreshes, each issuer when its `Cache-Control: max-age` (bounded) runs out.

@@ -182,12 +182,17 @@ fn lint(root: &Path) -> Result<()> {
     }
 }
 
+/// Total fuzzing time across all targets in `cargo xtask ci`.
+const CI_FUZZ_SECONDS: u64 = 45;
+
 fn ci(root: &Path, cargo_test_args: &[OsString]) -> Result<()> {
     let mut timings = Vec::new();
     // Tests are skipped after a lint failure: a red lint already fails the run, and the
     // test phase is the slow one.
+    // The stream decoders are fuzzed for a bounded time on every run (issue #5).
     let outcome = timed("lint", &mut timings, || lint(root))
-        .and_then(|()| timed("test", &mut timings, || test(root, cargo_test_args)));
+        .and_then(|()| timed("test", &mut timings, || test(root, cargo_test_args)))
+        .and_then(|()| timed("fuzz", &mut timings, || fuzz::run(root, CI_FUZZ_SECONDS)));
     eprintln!("==> ci summary");
     for (phase, elapsed, ok) in &timings {
         eprintln!(

@@ -11,6 +11,7 @@ use crate::record::{
     now_unix_nanos, AuditEntry, AuditIdentity, AuditRequest, CompletionEntry, Decision,
     ImpersonatedIdentity, RequestEntry,
 };
+use crate::redirect::OriginalDestination;
 
 /// Requests whose audit record must be on disk before the upstream sees them: every verb that
 /// can change state, and the start of every exec/attach/port-forward session (which can,
@@ -31,6 +32,8 @@ pub struct Decided<'a> {
     pub rule: Option<String>,
     /// The status the gateway answered itself; `None` when it forwards.
     pub status: Option<u16>,
+    /// Where the node agent redirected the connection from; `None` when it did not.
+    pub original: Option<OriginalDestination>,
 }
 
 pub fn request_entry(d: Decided<'_>) -> AuditEntry {
@@ -60,6 +63,8 @@ pub fn request_entry(d: Decided<'_>) -> AuditEntry {
         status: d.status,
         body: None,
         body_truncated: false,
+        original_destination: d.original.map(|o| o.destination.to_string()),
+        client_cgroup_id: d.original.map(|o| o.cgroup_id),
     })
 }
 
@@ -155,6 +160,7 @@ mod tests {
             reason: None,
             rule: Some("r".into()),
             status: None,
+            original: None,
         }) else {
             panic!("not a request entry")
         };
@@ -177,11 +183,43 @@ mod tests {
             reason: Some("no".into()),
             rule: None,
             status: Some(403),
+            original: None,
         }) else {
             panic!("not a request entry")
         };
         assert_eq!(denied.decision, Decision::Deny);
         assert_eq!(denied.impersonated, None, "nothing was sent upstream");
         assert_eq!(denied.status, Some(403));
+        assert_eq!(denied.original_destination, None, "not redirected");
+    }
+
+    #[test]
+    fn a_redirected_request_records_its_original_destination_and_cgroup() {
+        let i = info("GET", "/api/v1/namespaces/default/pods");
+        let original = OriginalDestination {
+            destination: "203.0.113.10:443".parse().unwrap(),
+            cgroup_id: 4242,
+            netns_cookie: 0,
+            matched_by: crate::redirect::MatchedBy::Addresses,
+        };
+        let AuditEntry::Request(entry) = request_entry(Decided {
+            id: "s-3",
+            client_addr: Some("198.51.100.2".into()),
+            user_agent: None,
+            identity: None,
+            info: &i,
+            allowed: false,
+            reason: Some("no".into()),
+            rule: None,
+            status: Some(403),
+            original: Some(original),
+        }) else {
+            panic!("not a request entry")
+        };
+        assert_eq!(
+            entry.original_destination.as_deref(),
+            Some("203.0.113.10:443")
+        );
+        assert_eq!(entry.client_cgroup_id, Some(4242));
     }
 }

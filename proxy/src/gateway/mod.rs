@@ -35,6 +35,8 @@ use crate::metrics::{Metrics, StreamGuard};
 use crate::policy::{MaskChoice, PolicyHandle, RecordLevel, Subject};
 use crate::record::frames::{Direction, StreamProtocol};
 use crate::record::Recorder;
+use crate::redirect::gateway::LookupError;
+use crate::redirect::{OriginalDestination, Redirects, Routing};
 use crate::status::Status;
 use crate::upstream::Upstream;
 use enforce::Verdict;
@@ -49,6 +51,8 @@ pub struct Gateway {
     pub masker: Arc<Masker>,
     /// The audit log and session recordings; `None` only when `record.path` is not configured.
     pub recorder: Option<Recorder>,
+    /// The node agent's lookup maps (`redirect` configured): see [`Gateway::refuse_misdirected`].
+    pub redirects: Option<Arc<Redirects>>,
     /// Benchmark baseline only: no authentication, classification or impersonation.
     pub passthrough: bool,
     pub connect_timeout: Duration,
@@ -78,6 +82,8 @@ pub struct RequestCtx {
     response_bytes: u64,
     /// The gateway's token sent upstream, so a 401 can retire exactly that token.
     upstream_token: Option<Arc<str>>,
+    /// Where the node agent redirected this connection from, when it did.
+    original: Option<OriginalDestination>,
 }
 
 /// A session that cannot be decoded or recorded ends; the client sees the connection close.
@@ -124,6 +130,7 @@ impl Gateway {
                         reason: Some(status.message.clone()),
                         rule,
                         status: Some(status.code),
+                        original: ctx.original,
                     });
                     // A refusal forwards nothing, so a failed record cannot let anything
                     // through; it is logged loudly instead of turning a 403 into a 503.
@@ -161,6 +168,7 @@ impl Gateway {
                 reason: None,
                 rule,
                 status: None,
+                original: ctx.original,
             });
             let appended = if audit::needs_durable_record(info) {
                 recorder.append_durable(entry).await
@@ -235,6 +243,72 @@ impl Gateway {
             .unwrap_or(0)
     }
 }
+
+// --- The node agent's redirect (issue #6): where was this connection really going? ---------
+
+impl Gateway {
+    /// Looks the request's connection up in the node agent's maps (when `redirect` is
+    /// configured) and keeps the answer for the audit record and the request log. `Ok(true)`:
+    /// refused and answered here, because the agent redirected the connection from a protected
+    /// endpoint this gateway's upstream does not stand for (`redirect.upstream_endpoints`):
+    /// forwarding it would send the caller's request to the wrong cluster.
+    ///
+    /// A failed lookup is logged and the request goes on without an original destination. That
+    /// bypasses nothing: the connection reached the gateway, so authentication, policy and
+    /// audit all still apply; refusing would only turn a map error into an outage.
+    async fn refuse_misdirected(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<bool> {
+        let Some(redirects) = &self.redirects else {
+            return Ok(false);
+        };
+        let Some((cookie, peer, local)) = connection_addresses(session) else {
+            return Ok(false);
+        };
+        let found = match redirects.lookup(cookie, peer, local) {
+            Ok(found) => found,
+            Err(e @ LookupError::NotOpen(_)) => {
+                tracing::debug!(session = %ctx.session_id, error = %e, "original destination unknown");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(session = %ctx.session_id, error = %e, "original destination lookup failed; the request goes on without it");
+                None
+            }
+        };
+        match redirects.route(found) {
+            Routing::Direct => Ok(false),
+            Routing::Upstream(original) => {
+                tracing::debug!(session = %ctx.session_id, original_destination = %original.destination, cgroup_id = original.cgroup_id, matched_by = ?original.matched_by, "redirected connection");
+                ctx.original = Some(original);
+                Ok(false)
+            }
+            Routing::Misdirected(original) => {
+                tracing::warn!(session = %ctx.session_id, original_destination = %original.destination, cgroup_id = original.cgroup_id, "refusing a connection redirected from an endpoint this gateway does not serve");
+                let message = format!(
+                    "this gateway does not serve the API endpoint {} (it is not in redirect.upstream_endpoints)",
+                    original.destination
+                );
+                respond_status(session, &Status::from_code(421, message)).await?;
+                Ok(true)
+            }
+        }
+    }
+}
+
+/// The accepted socket's cookie and its peer and local addresses, from pingora's digest.
+fn connection_addresses(
+    session: &Session,
+) -> Option<(Option<u64>, std::net::SocketAddr, std::net::SocketAddr)> {
+    let socket = session.digest()?.socket_digest.as_ref()?;
+    let peer = *socket.peer_addr()?.as_inet()?;
+    let local = *socket.local_addr()?.as_inet()?;
+    Some((socket.socket_cookie().ok(), peer, local))
+}
+
+// --- end of the node agent's redirect ---------------------------------------------------
 
 fn user_agent(session: &Session) -> Option<String> {
     session
@@ -313,10 +387,14 @@ impl ProxyHttp for Gateway {
             request_bytes: 0,
             response_bytes: 0,
             upstream_token: None,
+            original: None,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if !self.passthrough && self.refuse_misdirected(session, ctx).await? {
+            return Ok(true);
+        }
         let req = session.req_header();
         // Only HTTP/1.1 can upgrade; an `Upgrade` header on h2 is meaningless and dropped later.
         ctx.upgrade = if req.version == http::Version::HTTP_11 {
@@ -668,6 +746,7 @@ impl ProxyHttp for Gateway {
             resource = %resource,
             user = ctx.identity.as_ref().map(|i| i.user.as_str()).unwrap_or("-"),
             session = %ctx.session_id,
+            redirected_from = ctx.original.map(|o| o.destination.to_string()).unwrap_or_default(),
             code,
             elapsed_ms = elapsed.as_millis() as u64,
             error = e.map(|e| e.etype().as_str()).unwrap_or(""),

@@ -131,6 +131,12 @@ pub struct RequestEntry {
     /// `record.max_body_bytes`, `body_truncated` then set.
     pub body: Option<Vec<u8>>,
     pub body_truncated: bool,
+    /// The `ip:port` the client dialled when the node agent redirected its connection to the
+    /// gateway (the protected API endpoint); `None` when it dialled the gateway itself.
+    pub original_destination: Option<String>,
+    /// The cgroup v2 id of the redirected client's socket (a container cgroup of the pod),
+    /// as the node agent recorded it; `None` when not redirected.
+    pub client_cgroup_id: Option<u64>,
 }
 
 /// Written when a forwarded request finished.
@@ -291,6 +297,8 @@ pub(crate) mod tests {
             status: None,
             body: None,
             body_truncated: false,
+            original_destination: None,
+            client_cgroup_id: None,
         }
     }
 

@@ -149,6 +149,8 @@ pub fn row_json(row: &AuditRow) -> Value {
         "impersonated_user": r.impersonated.as_ref().map(|i| &i.user),
         "impersonated_groups": r.impersonated.as_ref().map(|i| &i.groups),
         "status": r.status,
+        "original_destination": r.original_destination,
+        "client_cgroup_id": r.client_cgroup_id,
     });
     if let Some(body) = &r.body {
         let (key, value) = body_json(body);

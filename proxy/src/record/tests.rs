@@ -724,6 +724,8 @@ async fn bodies_are_cut_to_the_limit_and_query_filters() {
     let recorder = Recorder::open(&cfg, metrics()).unwrap();
     let mut r = sample_request("alice", "create", "prod");
     r.body = Some(b"{\"kind\":\"Pod\"}".to_vec());
+    r.original_destination = Some("203.0.113.10:443".into());
+    r.client_cgroup_id = Some(4242);
     let seq = recorder
         .append_durable(AuditEntry::Request(r))
         .await
@@ -758,6 +760,12 @@ async fn bodies_are_cut_to_the_limit_and_query_filters() {
     assert_eq!(json["status"], 201);
     assert_eq!(json["user"], "alice");
     assert_eq!(json["body"], "{\"ki");
+    assert_eq!(json["original_destination"], "203.0.113.10:443");
+    assert_eq!(json["client_cgroup_id"], 4242);
+    assert!(
+        query::row_json(&all[1])["original_destination"].is_null(),
+        "not redirected"
+    );
 
     let by = |f: AuditFilter| -> Vec<u64> {
         query(store.as_ref(), &f)

@@ -21,6 +21,7 @@ mod agent;
 pub mod cgroup;
 pub mod config;
 pub mod entries;
+pub mod gateway;
 pub mod kube_pods;
 mod lookup;
 
@@ -28,6 +29,7 @@ use std::path::PathBuf;
 
 pub use agent::{read_counters, run, uninstall, Counters};
 pub use config::NodeConfig;
+pub use gateway::{RedirectConfig, Redirects, Routing};
 pub use lookup::{original_destination, MatchedBy, OriginalDestination, OriginalDestinations};
 
 #[derive(Debug, thiserror::Error)]

@@ -101,6 +101,10 @@ struct Args {
     /// Upper bound of one exec run, connection to exit status.
     #[arg(long, default_value_t = 120)]
     exec_timeout_seconds: u64,
+    /// `record.session_queue_max_bytes` of the exec benchmark's gateway; default: the
+    /// gateway's own default. A session that outruns this queue is ended by the gateway.
+    #[arg(long)]
+    exec_session_queue_bytes: Option<u64>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -420,6 +424,7 @@ impl Bench {
                                 upstream: &upstream_yaml,
                                 passthrough: false,
                                 record_dir: None,
+                                record_extra: "",
                             };
                             let started = bench.spawn_gateway(
                                 dir,
@@ -484,6 +489,7 @@ impl Bench {
                         upstream: &upstream_yaml,
                         passthrough,
                         record_dir: None,
+                        record_extra: "",
                     };
                     let (proxy, addr) =
                         bench.spawn_gateway(dir, fixture, id, label, binary, &spec)?;
@@ -679,6 +685,8 @@ struct GatewaySpec<'a> {
     passthrough: bool,
     /// Where its `record:` store goes; `None` leaves recording off.
     record_dir: Option<&'a Path>,
+    /// Further `record:` keys, each line indented by two spaces.
+    record_extra: &'a str,
 }
 
 struct StartedGateway {
@@ -747,9 +755,10 @@ fn bench_policy() -> String {
 fn gateway_yaml(f: &Fixture, api: SocketAddr, admin: SocketAddr, spec: &GatewaySpec) -> String {
     let record = match spec.record_dir {
         Some(dir) => format!(
-            "record:\n  path: {}\n  signing_key_file: {}\n  generate_signing_key: true\n",
+            "record:\n  path: {}\n  signing_key_file: {}\n  generate_signing_key: true\n{}",
             dir.join("store").display(),
-            dir.join("signing-key.pem").display()
+            dir.join("signing-key.pem").display(),
+            spec.record_extra
         ),
         None => String::new(),
     };
@@ -1536,6 +1545,9 @@ mod exec_bench {
         seconds: f64,
         gateway_ticks: u64,
         retries: u32,
+        stdout_bytes: u64,
+        /// False when the gateway ended the session before the command's exit status.
+        complete: bool,
     }
 
     /// What one exec saw: the stdout byte count, the exit status, and when the status came.
@@ -1544,6 +1556,8 @@ mod exec_bench {
         stderr: String,
         status: Option<serde_json::Value>,
         elapsed: Duration,
+        /// How the stream ended, when it ended without an exit status.
+        end: String,
     }
 
     pub(super) fn run(
@@ -1572,10 +1586,15 @@ mod exec_bench {
             "  url: https://{double_addr}\n  ca_file: {}\n",
             double_dir.join("ca.pem").display()
         );
+        let record_extra = args
+            .exec_session_queue_bytes
+            .map(|n| format!("  session_queue_max_bytes: {n}\n"))
+            .unwrap_or_default();
         let spec = GatewaySpec {
             upstream: &upstream_yaml,
             passthrough: false,
             record_dir: Some(&record_dir),
+            record_extra: &record_extra,
         };
         let mut gateway = start_gateway(
             dir,
@@ -1593,12 +1612,15 @@ mod exec_bench {
         let limit = Duration::from_secs(args.exec_timeout_seconds);
         let exec = |variant: Variant, bytes: u64, gateway: &mut StartedGateway| {
             let before = gateway.proc.cpu_ticks()?;
+            // A recorded session that outruns the recorder is ended by the gateway
+            // (`on_session_overflow: terminate`): a result to report, not a broken benchmark.
             let (run, retries) = runtime.block_on(exec_checked(
                 &connector,
                 gateway.api,
                 variant.token(fixture),
                 bytes,
                 limit,
+                variant == Variant::Recorded,
             ));
             let run = run.with_context(|| {
                 format!(
@@ -1613,6 +1635,8 @@ mod exec_bench {
                 seconds: run.elapsed.as_secs_f64(),
                 gateway_ticks: gateway.proc.cpu_ticks()?.saturating_sub(before),
                 retries,
+                stdout_bytes: run.stdout_bytes,
+                complete: run.status.is_some(),
             })
         };
 
@@ -1668,33 +1692,43 @@ mod exec_bench {
             out,
             "\nexec throughput: `stream {}` in pod web-0 (stdout only), WebSocket v5.channel.k8s.io over TLS,\n\
              gateway -> kube-double over TLS; {} runs per variant, interleaved; MB = 10^6 bytes; time from\n\
-             TCP connect to the exit status (TLS, token check, the durable audit record included)",
-            args.exec_bytes, args.exec_runs
+             TCP connect to the exit status (TLS, token check, the durable audit record included);\n\
+             record.session_queue_max_bytes: {}",
+            args.exec_bytes,
+            args.exec_runs,
+            args.exec_session_queue_bytes
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "gateway default".into())
         );
         let _ = writeln!(
             out,
-            "{:<40} {:>11} {:>17} {:>16} {:>8}",
-            "variant", "MB/s median", "(min..max)", "gateway CPU s", "retries"
+            "{:<40} {:>11} {:>17} {:>16} {:>8} {:>9}",
+            "variant", "MB/s median", "(min..max)", "gateway CPU s", "retries", "complete"
         );
         let mut medians = BTreeMap::new();
         for variant in [Variant::Recorded, Variant::Unrecorded] {
             let Some(runs) = samples.get(&(variant == Variant::Recorded)) else {
                 continue;
             };
-            let rates: Vec<f64> = runs
+            // Throughput and CPU only of runs that delivered everything: a cut run is faster.
+            let complete: Vec<&ExecSample> = runs.iter().filter(|r| r.complete).collect();
+            let rates: Vec<f64> = complete
                 .iter()
                 .map(|r| args.exec_bytes as f64 / 1e6 / r.seconds)
                 .collect();
             let cpu = median(
-                runs.iter()
+                complete
+                    .iter()
                     .map(|r| r.gateway_ticks as f64 / clk_tck)
                     .collect(),
             );
             let rate = median(rates.clone());
-            medians.insert(variant == Variant::Recorded, (rate, cpu));
+            if !complete.is_empty() {
+                medians.insert(variant == Variant::Recorded, (rate, cpu));
+            }
             let _ = writeln!(
                 out,
-                "{:<40} {:>11.1} {:>17} {:>16.2} {:>8}",
+                "{:<40} {:>11.1} {:>17} {:>16.2} {:>8} {:>9}",
                 variant.label(),
                 rate,
                 format!(
@@ -1703,8 +1737,24 @@ mod exec_bench {
                     rates.iter().copied().fold(0.0, f64::max)
                 ),
                 cpu,
-                runs.iter().map(|r| r.retries).sum::<u32>()
+                runs.iter().map(|r| r.retries).sum::<u32>(),
+                format!("{}/{}", complete.len(), runs.len())
             );
+            let cut: Vec<f64> = runs
+                .iter()
+                .filter(|r| !r.complete)
+                .map(|r| r.stdout_bytes as f64 / 1e6)
+                .collect();
+            if !cut.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "    {} runs ended by the gateway before the exit status, after {:.1} MB of stdout (median; {:.1}..{:.1})",
+                    cut.len(),
+                    median(cut.clone()),
+                    cut.iter().copied().fold(f64::INFINITY, f64::min),
+                    cut.iter().copied().fold(0.0, f64::max)
+                );
+            }
         }
         if let (Some((on, on_cpu)), Some((off, off_cpu))) =
             (medians.get(&true), medians.get(&false))
@@ -1785,6 +1835,7 @@ mod exec_bench {
         token: &str,
         bytes: u64,
         limit: Duration,
+        may_be_cut: bool,
     ) -> (anyhow::Result<ExecRun>, u32) {
         let mut last_error = None;
         for attempt in 0..ATTEMPTS {
@@ -1803,6 +1854,7 @@ mod exec_bench {
                         run.stderr
                     ));
                 }
+                Ok(run) if may_be_cut && run.status.is_none() => return (Ok(run), attempt),
                 Ok(run) => {
                     let success = run
                         .status
@@ -1810,13 +1862,14 @@ mod exec_bench {
                         .is_some_and(|s| s["status"] == "Success");
                     if run.stdout_bytes != bytes || !success {
                         let problem = anyhow::anyhow!(
-                            "got {} of {bytes} stdout bytes, status {}, stderr {:?}",
+                            "got {} of {bytes} stdout bytes, status {}, stderr {:?}, end: {}",
                             run.stdout_bytes,
                             run.status
                                 .as_ref()
                                 .map(|s| s.to_string())
                                 .unwrap_or_else(|| "none".into()),
-                            run.stderr
+                            run.stderr,
+                            run.end
                         );
                         return (Err(problem), attempt);
                     }
@@ -1855,15 +1908,22 @@ mod exec_bench {
             stderr: String::new(),
             status: None,
             elapsed: Duration::ZERO,
+            end: "the stream ended".into(),
         };
         while let Some(message) = ws.next().await {
             let data = match message {
                 Ok(Message::Binary(data)) => data,
-                Ok(Message::Close(_)) => break,
+                Ok(Message::Close(frame)) => {
+                    run.end = format!("close frame {frame:?}");
+                    break;
+                }
                 Ok(_) => continue,
                 // An abrupt end after output is reported as a short count by the caller.
                 Err(e) if run.stdout_bytes == 0 => return Err(e.into()),
-                Err(_) => break,
+                Err(e) => {
+                    run.end = format!("error: {e}");
+                    break;
+                }
             };
             let Some((&channel, payload)) = data.split_first() else {
                 continue;
@@ -1880,6 +1940,9 @@ mod exec_bench {
                 }
                 _ => {}
             }
+        }
+        if run.status.is_none() {
+            run.elapsed = started.elapsed();
         }
         // The session is over; a close handshake that does not finish promptly changes nothing.
         let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;

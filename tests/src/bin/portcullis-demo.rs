@@ -62,7 +62,7 @@ async fn main() -> anyhow::Result<()> {
         issuer: ISSUER,
         audience: AUDIENCE,
         jwks_file: &jwks,
-        extra: "",
+        extra: DEMO_POLICY,
     };
     let config_path = dir.join("portcullis.yaml");
     std::fs::write(&config_path, config.yaml())?;
@@ -98,7 +98,16 @@ Try:
   {k} exec -it web-0 -- sh
   {k} logs -f web-0
   {k} --as=system:admin get secrets      # the client's Impersonate-User is stripped
+  {k} get secret db-credentials -o yaml  # values masked, keys kept
+  {k} delete namespace prod              # denied by policy rule nobody-deletes-namespaces
   tail -n 3 {reqlog}   # the upstream saw the gateway's credential (hashed) and Impersonate-User: oidc:alice
+
+After Ctrl-C (the audit store is the gateway's while it runs):
+  {bin} audit verify --config {cfg}
+  {bin} audit query --config {cfg}
+  {bin} sessions list --config {cfg}
+  {bin} replay <session id> --config {cfg}
+  {bin} export <session id> --config {cfg} --format asciicast -o session.cast
 
 Ctrl-C stops the demo."#,
         gw = gateway.url,
@@ -106,6 +115,8 @@ Ctrl-C stops the demo."#,
         admin = gateway.admin,
         double = api_double.url(),
         reqlog = rel(api_double.log_path.clone()),
+        bin = rel(harness::portcullis_bin()),
+        cfg = rel(dir.join("portcullis.yaml")),
     );
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -118,3 +129,23 @@ Ctrl-C stops the demo."#,
     api_double.shutdown().await;
     Ok(())
 }
+
+/// The demo's policy: alice may do anything, except what nobody may do through the gateway;
+/// Secrets are masked (the default profile).
+const DEMO_POLICY: &str = r#"policy:
+  rules:
+    - name: demo-users-do-everything
+      subjects: {users: ["*"]}
+      verbs: ["*"]
+      resources: ["*"]
+      action: allow
+    - name: discovery-and-health
+      subjects: {users: ["*"]}
+      verbs: [get]
+      non_resource_urls: ["*"]
+      action: allow
+    - name: nobody-deletes-namespaces
+      subjects: {users: ["*"]}
+      preset: no-destructive
+      message: deleting namespaces, CRDs, volumes or nodes is not allowed through portcullis
+"#;

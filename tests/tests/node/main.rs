@@ -11,6 +11,8 @@
 //!                                                    │   endpoint [::]:443,6443 tcp, 443 udp
 //!                                                    │     on 203.0.113.10, .11, 2001:db8::10 (lo)
 //!                                                    │   gateway stand-in [::]:15443 (198.51.100.1)
+//!                                                    │   or the real `portcullis serve` there,
+//!                                                    │     with the API double on 127.0.0.1
 //!  cgroups: <mount>/<base>/pod/app (selected: `pod`), <mount>/<base>/outside
 //! ```
 
@@ -852,4 +854,271 @@ fn socket_cookie(stream: &TcpStream) -> Option<u64> {
         )
     };
     (rc == 0).then_some(cookie)
+}
+
+/// The real gateway (`portcullis serve`) in the node namespace on the agent's gateway address,
+/// with the API double as its upstream. Fields drop in order: the gateway process first, then
+/// the double, then the double's runtime.
+struct RealGateway {
+    process: harness::GatewayProcess,
+    double: Option<portcullis_tests::double::RunningDouble>,
+    _runtime: tokio::runtime::Runtime,
+    config: PathBuf,
+    ca: PathBuf,
+    admin: std::net::SocketAddr,
+    token: String,
+    node_ns: String,
+}
+
+const REAL_GATEWAY_UPSTREAM_TOKEN: &str = "gateway-upstream-credential-node";
+const REAL_GATEWAY_ISSUER: &str = "https://issuer.node.test";
+const REAL_GATEWAY_AUDIENCE: &str = "portcullis";
+/// The in-cluster name of the API server, which a pod's client would use.
+const API_NAME: &str = "kubernetes.default.svc";
+
+impl RealGateway {
+    /// Everything lives in the fixture's node namespace: sockets created by a thread that has
+    /// entered it (the double's listener) and processes forked from one (the gateway) stay there.
+    fn start(fx: &Fixture) -> Result<Self> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = fx.dir.join("real-gateway");
+        std::fs::create_dir_all(&dir)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        let double_dir = dir.join("double");
+        let double = in_netns(&fx.node_ns, move || {
+            Ok(handle.block_on(portcullis_tests::double::start(
+                portcullis_tests::double::DoubleConfig::local(
+                    &double_dir,
+                    REAL_GATEWAY_UPSTREAM_TOKEN,
+                    "system:serviceaccount:portcullis:gateway",
+                ),
+            ))?)
+        })?;
+
+        // The transparent case: the pod dials the API server's address or name, so the
+        // gateway's certificate must be valid for both, from a CA the pod trusts.
+        let ca = portcullis_tests::pki::TestCa::new("portcullis node test gateway CA")?;
+        let tls = ca.write_server(&dir, "gateway", &["203.0.113.10", API_NAME])?;
+        let issuer =
+            portcullis_tests::issuer::DevIssuer::new(REAL_GATEWAY_ISSUER, REAL_GATEWAY_AUDIENCE)?;
+        let jwks = dir.join("jwks.json");
+        std::fs::write(&jwks, issuer.jwks_json())?;
+        let token_file = dir.join("upstream-token");
+        std::fs::write(&token_file, REAL_GATEWAY_UPSTREAM_TOKEN)?;
+        let api: std::net::SocketAddr = GATEWAY.parse()?;
+        // The node namespace is this fixture's own: any port is free there.
+        let admin: std::net::SocketAddr = "127.0.0.1:15444".parse()?;
+        let redirect = format!(
+            "redirect:\n  pin_dir: {}\n  upstream_endpoints: [\"{ENDPOINT}\", \"{ENDPOINT_V6}\"]\n",
+            fx.pins.display()
+        );
+        let upstream_url = double.url();
+        let config = harness::GatewayConfig {
+            api,
+            admin,
+            tls_cert: &tls.cert,
+            tls_key: &tls.key,
+            upstream_url: &upstream_url,
+            upstream_ca: &double.ca_pem_path,
+            upstream_token_file: &token_file,
+            issuer: REAL_GATEWAY_ISSUER,
+            audience: REAL_GATEWAY_AUDIENCE,
+            jwks_file: &jwks,
+            extra: &redirect,
+        };
+        let config_path = dir.join("portcullis.yaml");
+        std::fs::write(&config_path, config.yaml())?;
+        let started = config_path.clone();
+        let process = in_netns(&fx.node_ns, move || {
+            harness::GatewayProcess::start(&started, api, admin)
+        })?;
+        Ok(Self {
+            process,
+            double: Some(double),
+            _runtime: runtime,
+            config: config_path,
+            ca: tls.ca,
+            admin,
+            token: issuer.mint("alice", &["devs"], 3600)?,
+            node_ns: fx.node_ns.clone(),
+        })
+    }
+
+    fn double_log(&self) -> Vec<portcullis_tests::double::LogEntry> {
+        self.double.as_ref().map(|d| d.log()).unwrap_or_default()
+    }
+
+    /// The admin port's `/metrics`, fetched from inside the node namespace.
+    fn metrics(&self) -> Result<String> {
+        let admin = self.admin;
+        let (code, body) = in_netns(&self.node_ns, move || {
+            harness::http_get_plain(admin, "/metrics")
+        })?;
+        ensure!(code == 200, "/metrics answered {code}");
+        Ok(body)
+    }
+}
+
+/// `curl` from inside the pod (its cgroup, then its network namespace), as an unmodified
+/// client would: the token in a header file, the operator's CA as the API's CA. Returns the
+/// HTTP code and the body.
+fn curl_from_pod(
+    fx: &Fixture,
+    gateway: &RealGateway,
+    url: &str,
+    extra: &[&str],
+) -> Result<(u16, String)> {
+    let header = fx.dir.join("curl-auth-header");
+    std::fs::write(
+        &header,
+        format!("Authorization: Bearer {}\n", gateway.token),
+    )?;
+    let body = fx.dir.join("curl-body");
+    let _ = std::fs::remove_file(&body);
+    // The shell joins the cgroup, then becomes curl: its sockets are created in the pod.
+    let out = Command::new("ip")
+        .args(["netns", "exec", &fx.pod_ns, "sh", "-c"])
+        .arg(r#"echo $$ > "$1/cgroup.procs" && shift && exec "$@""#)
+        .arg("sh")
+        .arg(&fx.app_cgroup)
+        .args(["curl", "-sS", "--max-time", "20", "--cacert"])
+        .arg(&gateway.ca)
+        .arg("-H")
+        .arg(format!("@{}", header.display()))
+        .arg("-o")
+        .arg(&body)
+        .args(["-w", "%{http_code}"])
+        .args(extra)
+        .arg(url)
+        .output()
+        .context("run curl in the pod (is curl installed?)")?;
+    let code = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    ensure!(
+        out.status.success(),
+        "curl {url} failed ({}): {}{}\n--- gateway log ---\n{}",
+        out.status,
+        code,
+        String::from_utf8_lossy(&out.stderr),
+        gateway.process.log()
+    );
+    let code: u16 = code
+        .parse()
+        .with_context(|| format!("curl's status {code:?}"))?;
+    Ok((code, std::fs::read_to_string(&body).unwrap_or_default()))
+}
+
+#[test]
+fn the_real_gateway_answers_a_redirected_pod_and_audits_the_original_destination() -> Result<()> {
+    let Some(mut fx) = Fixture::new(false)? else {
+        return Ok(());
+    };
+    ensure!(
+        Command::new("curl").arg("--version").output().is_ok(),
+        "this test runs curl inside the pod: install curl (.ci/run does)"
+    );
+    // The real gateway takes the stand-in's place on the address the agent redirects to. It
+    // starts before the agent has pinned anything, and opens the maps once they exist.
+    fx.stop_gateway();
+    let mut gateway = RealGateway::start(&fx)?;
+    fx.start_agent()?;
+    let cgroup_id = fx.pod_cgroup_id();
+    let path = "/api/v1/namespaces/default/pods";
+
+    // By address and by name (resolved to the endpoint, as cluster DNS would): both reach the
+    // gateway, whose certificate the pod trusts for either.
+    let (code, body) = curl_from_pod(&fx, &gateway, &format!("https://203.0.113.10{path}"), &[])?;
+    assert_eq!(code, 200, "{body}");
+    let list: Value = serde_json::from_str(&body).with_context(|| body.clone())?;
+    assert_eq!(list["kind"], "PodList", "{body}");
+    assert!(body.contains("web-0"), "{body}");
+    let (code, body) = curl_from_pod(
+        &fx,
+        &gateway,
+        &format!("https://{API_NAME}{path}"),
+        &["--resolve", &format!("{API_NAME}:443:203.0.113.10")],
+    )?;
+    assert_eq!(code, 200, "{body}");
+
+    // The answers came through the gateway: the API server saw the gateway's impersonation of
+    // the caller, never the pod directly.
+    let forwarded: Vec<_> = gateway
+        .double_log()
+        .into_iter()
+        .filter(|e| e.path == path)
+        .collect();
+    assert_eq!(forwarded.len(), 2, "{forwarded:?}");
+    for entry in &forwarded {
+        assert_eq!(entry.user.as_deref(), Some("oidc:alice"), "{entry:?}");
+        assert_eq!(
+            entry.token_user.as_deref(),
+            Some("system:serviceaccount:portcullis:gateway"),
+            "{entry:?}"
+        );
+    }
+    // The endpoint itself (the fake API address) never saw the pod's bytes.
+    let endpoint_lines = fx.endpoint_lines.lock().map(|l| l.len()).unwrap_or(0);
+    assert_eq!(endpoint_lines, 0, "the pod reached the endpoint directly");
+
+    // A redirected connection from a protected endpoint that is not this gateway's upstream
+    // (the second protected IP) is refused, not forwarded to the wrong cluster.
+    let (code, body) = curl_from_pod(
+        &fx,
+        &gateway,
+        &format!("https://{API_NAME}{path}"),
+        &["--resolve", &format!("{API_NAME}:443:203.0.113.11")],
+    )?;
+    assert_eq!(code, 421, "{body}\n--- gateway log ---\n{}", gateway.process.log());
+    assert!(body.contains("203.0.113.11:443"), "{body}");
+    assert_eq!(
+        gateway
+            .double_log()
+            .iter()
+            .filter(|e| e.path == path)
+            .count(),
+        2,
+        "the misdirected request reached the upstream"
+    );
+
+    // The kernel counters are on the gateway's /metrics.
+    let metrics = gateway.metrics()?;
+    let redirects = portcullis::redirect::read_counters(&fx.pins)?.redirects;
+    assert!(redirects >= 3, "three redirected connects: {redirects}");
+    assert!(
+        metrics.contains(&format!(
+            "portcullis_redirect_events{{kind=\"redirect\"}} {redirects}"
+        )),
+        "{metrics}"
+    );
+
+    // The audit log (readable once the gateway has released it) has the original destination
+    // and the pod's cgroup on both requests.
+    gateway.process.terminate(Duration::from_secs(10))?;
+    let out = Command::new(harness::portcullis_bin())
+        .args(["audit", "query", "--output", "json", "--config"])
+        .arg(&gateway.config)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "audit query: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(serde_json::from_str)
+        .collect::<std::result::Result<_, _>>()?;
+    let audited: Vec<&Value> = rows.iter().filter(|r| r["path"] == path).collect();
+    assert_eq!(audited.len(), 2, "{rows:#?}");
+    for row in audited {
+        assert_eq!(row["original_destination"], ENDPOINT, "{row}");
+        assert_eq!(row["client_cgroup_id"], cgroup_id, "{row}");
+        assert_eq!(row["user"], "oidc:alice", "{row}");
+        assert_eq!(row["decision"], "allow", "{row}");
+        assert_eq!(row["status"], 200, "{row}");
+    }
+    Ok(())
 }
