@@ -1,7 +1,9 @@
 //! The data path: a pingora `ProxyHttp` in front of one Kubernetes API server, one phase per hook.
 //!
-//! - `request_filter`: validate and classify the request, verify the caller's token; answer a
-//!   Kubernetes `Status` and stop on any failure (nothing reaches the upstream).
+//! - `request_filter`: with `redirect` configured, first look up where the node agent redirected
+//!   the connection from (refusing another cluster's endpoint); then validate and classify the
+//!   request, verify the caller's token; answer a Kubernetes `Status` and stop on any failure
+//!   (nothing reaches the upstream).
 //! - `upstream_peer`: the API server over verified TLS; HTTP/2 for ordinary requests, HTTP/1.1 for
 //!   upgrades (exec/attach/port-forward), no read timeout for streams unless configured.
 //! - `upstream_request_filter`: strip what the client may not send, add the gateway's credential
@@ -460,6 +462,9 @@ impl ProxyHttp for Gateway {
                 recording
                     .observe(Direction::ClientToServer, chunk)
                     .map_err(|e| end_session(e, &ctx.session_id))?;
+                if let Some(delay) = recording.backpressure() {
+                    tokio::time::sleep(delay).await;
+                }
             }
         }
         Ok(())
@@ -517,11 +522,14 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
+        let mut delay = None;
         if let Some(recording) = ctx.session.as_mut() {
             if let Some(chunk) = body.as_ref() {
                 recording
                     .observe(Direction::ServerToClient, chunk)
                     .map_err(|e| end_session(e, &ctx.session_id))?;
+                // pingora holds the next write this long: the stream slows to the disk's pace.
+                delay = recording.backpressure();
             }
         }
         if let Some(masker) = ctx.response_masker.as_mut() {
@@ -552,7 +560,7 @@ impl ProxyHttp for Gateway {
         if let Some(chunk) = body.as_ref() {
             ctx.response_bytes += chunk.len() as u64;
         }
-        Ok(None)
+        Ok(delay)
     }
 
     async fn upstream_peer(

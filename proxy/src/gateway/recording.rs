@@ -6,6 +6,8 @@
 //! stored frames, and the exit code. Must never: let a stream continue that it could not decode
 //! or record (the caller ends the connection on any error), or block (frames are queued).
 
+use std::time::Duration;
+
 use crate::classify::RequestInfo;
 use crate::identity::Identity;
 use crate::record::frames::{Channel, Direction, SessionDecoder, StreamEvent, StreamProtocol};
@@ -134,6 +136,16 @@ impl SessionRecording {
         Ok(())
     }
 
+    /// How long to hold the next chunk so the disk keeps up: nothing while the session's queue
+    /// is under half full, then a delay growing with the backlog (up to [`MAX_BACKPRESSURE`]).
+    /// Slowing the stream is what a recorder should do when the disk falls behind; ending the
+    /// session (the overflow policy) is only the last resort.
+    pub fn backpressure(&self) -> Option<Duration> {
+        self.writer
+            .as_ref()
+            .and_then(|w| backpressure_for(w.backlog()))
+    }
+
     /// Ends the session record (exit code, and why it failed if it did).
     pub fn finish(&mut self, error: Option<String>) {
         if let Some(writer) = self.writer.take() {
@@ -146,6 +158,19 @@ impl Drop for SessionRecording {
     fn drop(&mut self) {
         self.finish(None);
     }
+}
+
+/// The longest pause before one chunk; the queue drains at disk speed meanwhile.
+pub const MAX_BACKPRESSURE: Duration = Duration::from_millis(50);
+
+/// Pure: the delay for a queue `backlog` full (0.0..=1.0).
+pub fn backpressure_for(backlog: f64) -> Option<Duration> {
+    if backlog < 0.5 {
+        return None;
+    }
+    let over = ((backlog - 0.5) * 2.0).clamp(0.0, 1.0);
+    let millis = (over * MAX_BACKPRESSURE.as_millis() as f64).max(1.0);
+    Some(Duration::from_micros((millis * 1000.0) as u64))
 }
 
 fn record_event(
@@ -224,6 +249,19 @@ fn stream_number(request_id: Option<&str>) -> u32 {
 mod tests {
     use super::*;
     use crate::classify::classify;
+
+    #[test]
+    fn backpressure_starts_at_half_full_and_grows_to_the_cap() {
+        assert_eq!(backpressure_for(0.0), None);
+        assert_eq!(backpressure_for(0.49), None);
+        let at_half = backpressure_for(0.5).unwrap();
+        let at_three_quarters = backpressure_for(0.75).unwrap();
+        let full = backpressure_for(1.0).unwrap();
+        assert!(at_half >= Duration::from_millis(1));
+        assert!(at_half < at_three_quarters && at_three_quarters < full);
+        assert_eq!(full, MAX_BACKPRESSURE);
+        assert_eq!(backpressure_for(7.0), Some(MAX_BACKPRESSURE));
+    }
 
     #[test]
     fn exec_and_port_forward_metadata_come_from_the_query() {

@@ -272,6 +272,14 @@ impl SessionWriter {
         })
     }
 
+    /// How full this session's queue to the disk is, from 0.0 (empty) to 1.0 (the limit, where
+    /// the overflow policy applies). The gateway slows the stream down before it gets there.
+    pub fn backlog(&self) -> f64 {
+        let queued = self.state.budget.load(Ordering::Acquire) as f64;
+        let limit = self.state.ctx.max_bytes.max(1) as f64;
+        (queued / limit).min(1.0)
+    }
+
     /// The session's sequence number (`sessions list`, `replay`).
     pub fn seq(&self) -> u64 {
         self.state.seq

@@ -1726,16 +1726,25 @@ mod exec_bench {
             if !complete.is_empty() {
                 medians.insert(variant == Variant::Recorded, (rate, cpu));
             }
+            let (rate, range, cpu) = if complete.is_empty() {
+                ("-".to_string(), "-".to_string(), "-".to_string())
+            } else {
+                (
+                    format!("{rate:.1}"),
+                    format!(
+                        "({:.1}..{:.1})",
+                        rates.iter().copied().fold(f64::INFINITY, f64::min),
+                        rates.iter().copied().fold(0.0, f64::max)
+                    ),
+                    format!("{cpu:.2}"),
+                )
+            };
             let _ = writeln!(
                 out,
-                "{:<40} {:>11.1} {:>17} {:>16.2} {:>8} {:>9}",
+                "{:<40} {:>11} {:>17} {:>16} {:>8} {:>9}",
                 variant.label(),
                 rate,
-                format!(
-                    "({:.1}..{:.1})",
-                    rates.iter().copied().fold(f64::INFINITY, f64::min),
-                    rates.iter().copied().fold(0.0, f64::max)
-                ),
+                range,
                 cpu,
                 runs.iter().map(|r| r.retries).sum::<u32>(),
                 format!("{}/{}", complete.len(), runs.len())
@@ -1759,12 +1768,18 @@ mod exec_bench {
         if let (Some((on, on_cpu)), Some((off, off_cpu))) =
             (medians.get(&true), medians.get(&false))
         {
+            let all_complete = samples.values().flatten().all(|r| r.complete);
             let _ = writeln!(
                 out,
-                "ratio (x)/(y): MB/s {:.3} (recording costs {:.1}% of throughput; target < 10%), gateway CPU per run {:.2}",
+                "ratio (x)/(y): MB/s {:.3} (recording costs {:.1}% of throughput; target < 10%), gateway CPU per run {:.2}{}",
                 on / off,
                 (1.0 - on / off) * 100.0,
-                on_cpu / off_cpu
+                on_cpu / off_cpu,
+                if all_complete {
+                    ""
+                } else {
+                    "\n    (over the complete runs only: not a fair comparison while runs are cut)"
+                }
             );
         }
         for name in [
@@ -1860,6 +1875,16 @@ mod exec_bench {
                         .status
                         .as_ref()
                         .is_some_and(|s| s["status"] == "Success");
+                    if run.status.is_none() && attempt + 1 < ATTEMPTS {
+                        // Cut short without a status where nothing may cut it: retried like
+                        // an early teardown, and shown, since it is a finding too.
+                        eprintln!(
+                            "exec: retrying a run that ended after {} bytes without a status ({})",
+                            run.stdout_bytes, run.end
+                        );
+                        last_error = Some(anyhow::anyhow!("ended early: {}", run.end));
+                        continue;
+                    }
                     if run.stdout_bytes != bytes || !success {
                         let problem = anyhow::anyhow!(
                             "got {} of {bytes} stdout bytes, status {}, stderr {:?}, end: {}",

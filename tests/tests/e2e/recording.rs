@@ -364,3 +364,51 @@ fn acknowledged_mutations_survive_kill_9_and_the_chain_verifies() -> Result<()> 
     );
     Ok(())
 }
+
+#[test]
+fn a_session_faster_than_the_disk_is_slowed_down_not_cut() -> Result<()> {
+    // 100 MB through the smallest session queue allowed (64 KiB): the recorder keeps up only
+    // because the gateway slows the stream to the disk's pace (without that, the session
+    // overflows and is ended).
+    const BYTES: usize = 100_000_000;
+    let dir = portcullis_tests::harness::TempDir::new("portcullis-e2e-backpressure")?;
+    let extra = format!(
+        "record:\n  path: {}\n  signing_key_file: {}\n  generate_signing_key: true\n  session_queue_max_bytes: 65536\n",
+        dir.path().join("store").display(),
+        dir.path().join("key.pem").display()
+    );
+    let mut s = Stack::start_in(dir, &extra, "")?;
+    let out = s.kubectl_output(
+        &["exec", "web-0", "--", "stream", &BYTES.to_string()],
+        &[],
+        None,
+    )?;
+    ensure!(
+        out.status.success() && out.stdout.len() == BYTES,
+        "exec got {} of {BYTES} bytes ({}): {}",
+        out.stdout.len(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.gateway.terminate(Duration::from_secs(10))?;
+    let config = config_path(&s);
+    let (ok, out, err) = portcullis(&[
+        "sessions",
+        "list",
+        "--config",
+        config.to_str().context("utf-8")?,
+        "--output",
+        "json",
+    ])?;
+    ensure!(ok, "{err}");
+    let sessions = json_lines(&out)?;
+    let stream = session_with(&sessions, |s| s["command"][0] == "stream")?;
+    ensure!(
+        stream["stdout_bytes"] == BYTES
+            && stream["overflowed"] == false
+            && stream["dropped_bytes"] == 0
+            && stream["exit_code"] == 0,
+        "{stream}"
+    );
+    Ok(())
+}

@@ -1071,7 +1071,12 @@ fn the_real_gateway_answers_a_redirected_pod_and_audits_the_original_destination
         &format!("https://{API_NAME}{path}"),
         &["--resolve", &format!("{API_NAME}:443:203.0.113.11")],
     )?;
-    assert_eq!(code, 421, "{body}\n--- gateway log ---\n{}", gateway.process.log());
+    assert_eq!(
+        code,
+        421,
+        "{body}\n--- gateway log ---\n{}",
+        gateway.process.log()
+    );
     assert!(body.contains("203.0.113.11:443"), "{body}");
     assert_eq!(
         gateway
