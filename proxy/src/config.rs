@@ -551,6 +551,22 @@ identity:
     }
 
     #[test]
+    fn the_shipped_example_is_valid_and_its_policy_compiles() {
+        let path = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/portcullis.yaml"
+        ));
+        let config = Config::load(path).expect("examples/portcullis.yaml must stay valid");
+        let masker = crate::mask::Masker::from_config(&config.mask).expect("mask profiles");
+        let policy = crate::policy::Policy::from_config(&config.policy, Path::new("."))
+            .expect("the example policy compiles");
+        policy
+            .check_mask_profiles(|name| masker.profile(name).is_some())
+            .expect("the example's rules name existing mask profiles");
+        assert!(config.record.enabled());
+    }
+
+    #[test]
     fn wrong_type_names_nested_path() {
         let bad = GOOD.replace(
             "      audiences: [portcullis]",
