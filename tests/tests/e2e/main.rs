@@ -1019,7 +1019,8 @@ impl Drop for KillOnDrop {
 
 #[test]
 fn port_forward_echoes_through_the_gateway() -> Result<()> {
-    let s = Stack::start()?;
+    let mut s = Stack::start()?;
+    let mut sent = Vec::new();
     for (label, upgrade, env) in [
         (
             "spdy",
@@ -1075,6 +1076,7 @@ fn port_forward_echoes_through_the_gateway() -> Result<()> {
             .with_context(|| format!("{label}: reading the echo"))?;
         ensure!(echoed == payload.as_bytes(), "{label}: echo differs");
         drop(conn);
+        sent.push((label, payload.len()));
 
         let log = s.log();
         ensure!(
@@ -1087,6 +1089,29 @@ fn port_forward_echoes_through_the_gateway() -> Result<()> {
                     .is_some_and(|u| u.eq_ignore_ascii_case(upgrade))),
             "{label}: no upgraded portforward request reached the double: {:?}",
             &log[before..]
+        );
+    }
+    // Each port-forward session is recorded with its per-connection byte counts (kubectl names
+    // the port in each stream's headers, not in the query).
+    s.gateway.terminate(Duration::from_secs(10))?;
+    let sessions = recording::sessions_of(&s)?;
+    let forwards: Vec<_> = sessions
+        .iter()
+        .filter(|v| v["kind"] == "portforward")
+        .collect();
+    ensure!(
+        forwards.len() == sent.len(),
+        "expected {} port-forward sessions: {sessions:#?}",
+        sent.len()
+    );
+    for (session, (label, bytes)) in forwards.iter().zip(&sent) {
+        let pf = &session["port_forward"];
+        ensure!(
+            pf.as_array()
+                .is_some_and(|conns| conns.iter().any(|c| c["port"] == 8080
+                    && c["bytes_to_pod"] == *bytes
+                    && c["bytes_from_pod"] == *bytes)),
+            "{label}: port-forward session lacks the connection's byte counts: {session}"
         );
     }
     Ok(())

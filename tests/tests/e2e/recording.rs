@@ -37,6 +37,21 @@ fn config_path(s: &Stack) -> PathBuf {
     s.dir.path().join("portcullis.yaml")
 }
 
+/// `sessions list --output json` of a stopped stack's gateway.
+pub(crate) fn sessions_of(s: &Stack) -> Result<Vec<Value>> {
+    let config = config_path(s);
+    let (ok, out, err) = portcullis(&[
+        "sessions",
+        "list",
+        "--config",
+        config.to_str().context("utf-8")?,
+        "--output",
+        "json",
+    ])?;
+    ensure!(ok, "sessions list: {err}");
+    json_lines(&out)
+}
+
 /// One asciicast event: (time, code, data).
 type CastEvent = (f64, String, String);
 
