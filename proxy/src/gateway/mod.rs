@@ -508,7 +508,9 @@ impl ProxyHttp for Gateway {
         })?;
         // The masked body has another length; pingora sends headers before the body filter runs.
         upstream_response.remove_header(&http::header::CONTENT_LENGTH);
-        if session.req_header().version == http::Version::HTTP_11 {
+        let bodiless =
+            matches!(status, 204 | 304) || session.req_header().method == http::Method::HEAD;
+        if session.req_header().version == http::Version::HTTP_11 && !bodiless {
             upstream_response.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
         }
         ctx.response_masker = Some(masker);
