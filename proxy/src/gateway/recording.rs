@@ -160,15 +160,17 @@ impl Drop for SessionRecording {
     }
 }
 
-/// The longest pause before one chunk; the queue drains at disk speed meanwhile.
-pub const MAX_BACKPRESSURE: Duration = Duration::from_millis(50);
+/// The longest pause before one chunk; the queue drains at disk speed meanwhile. Long enough
+/// to ride out a slow fsync on a busy node.
+pub const MAX_BACKPRESSURE: Duration = Duration::from_millis(250);
 
 /// Pure: the delay for a queue `backlog` full (0.0..=1.0).
 pub fn backpressure_for(backlog: f64) -> Option<Duration> {
     if backlog < 0.5 {
         return None;
     }
-    let over = ((backlog - 0.5) * 2.0).clamp(0.0, 1.0);
+    // Quadratic: gentle just past half full, the full pause as the queue nears its limit.
+    let over = ((backlog - 0.5) * 2.0).clamp(0.0, 1.0).powi(2);
     let millis = (over * MAX_BACKPRESSURE.as_millis() as f64).max(1.0);
     Some(Duration::from_micros((millis * 1000.0) as u64))
 }

@@ -382,13 +382,13 @@ fn acknowledged_mutations_survive_kill_9_and_the_chain_verifies() -> Result<()> 
 
 #[test]
 fn a_session_faster_than_the_disk_is_slowed_down_not_cut() -> Result<()> {
-    // 100 MB through the smallest session queue allowed (64 KiB): the recorder keeps up only
+    // 100 MB through a 256 KiB session queue (the default is 8 MiB): the recorder keeps up only
     // because the gateway slows the stream to the disk's pace (without that, the session
     // overflows and is ended).
     const BYTES: usize = 100_000_000;
     let dir = portcullis_tests::harness::TempDir::new("portcullis-e2e-backpressure")?;
     let extra = format!(
-        "record:\n  path: {}\n  signing_key_file: {}\n  generate_signing_key: true\n  session_queue_max_bytes: 65536\n",
+        "record:\n  path: {}\n  signing_key_file: {}\n  generate_signing_key: true\n  session_queue_max_bytes: 262144\n",
         dir.path().join("store").display(),
         dir.path().join("key.pem").display()
     );
