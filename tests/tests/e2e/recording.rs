@@ -81,9 +81,11 @@ fn joined(events: &[CastEvent], code: &str) -> String {
         .collect()
 }
 
+/// The newest session matching `pred` (a retried exec leaves its torn-down attempt before it).
 fn session_with(sessions: &[Value], pred: impl Fn(&Value) -> bool) -> Result<&Value> {
     sessions
         .iter()
+        .rev()
         .find(|s| pred(s))
         .with_context(|| format!("no such session among {sessions:#?}"))
 }
@@ -110,16 +112,17 @@ fn sessions_are_recorded_replayable_and_every_call_is_audited() -> Result<()> {
         ("websocket", vec![]),
         ("spdy", vec![("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")]),
     ] {
-        let out = s.kubectl_output(&["exec", "web-0", "--", "echo", "hello", label], &env, None)?;
+        let out =
+            s.kubectl_upgrade(&["exec", "web-0", "--", "echo", "hello", label], &env, None)?;
         ensure!(out.status.success(), "{label} echo");
-        let out = s.kubectl_output(&["exec", "web-0", "--", "sh", "-c", "exit 3"], &env, None)?;
+        let out = s.kubectl_upgrade(&["exec", "web-0", "--", "sh", "-c", "exit 3"], &env, None)?;
         ensure!(out.status.code() == Some(3), "{label} exit 3");
-        let out = s.kubectl_output(&["exec", "-i", "web-0", "--", "cat"], &env, Some(payload))?;
+        let out = s.kubectl_upgrade(&["exec", "-i", "web-0", "--", "cat"], &env, Some(payload))?;
         ensure!(
             String::from_utf8_lossy(&out.stdout) == payload,
             "{label} cat"
         );
-        let out = s.kubectl_output(&["attach", "-i", "web-0"], &env, Some("whoami\nexit 0\n"))?;
+        let out = s.kubectl_upgrade(&["attach", "-i", "web-0"], &env, Some("whoami\nexit 0\n"))?;
         ensure!(
             String::from_utf8_lossy(&out.stdout).contains("oidc:alice"),
             "{label} attach"
@@ -393,7 +396,7 @@ fn a_session_faster_than_the_disk_is_slowed_down_not_cut() -> Result<()> {
         dir.path().join("key.pem").display()
     );
     let mut s = Stack::start_in(dir, &extra, "")?;
-    let out = s.kubectl_output(
+    let out = s.kubectl_upgrade(
         &["exec", "web-0", "--", "stream", &BYTES.to_string()],
         &[],
         None,
