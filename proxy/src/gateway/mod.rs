@@ -117,23 +117,34 @@ impl Gateway {
             .policy
             .current()
             .decide(&subject, info, SystemTime::now());
+        // Only the audit entry needs these: no allocations when recording is off.
+        let (client_addr, agent) = match self.recorder {
+            Some(_) => (client_ip(session), user_agent(session)),
+            None => (None, None),
+        };
+        let decided = |allowed, reason, rule, status| audit::Decided {
+            id: &ctx.session_id,
+            client_addr: client_addr.clone(),
+            user_agent: agent.clone(),
+            identity: Some(identity),
+            info,
+            allowed,
+            reason,
+            rule,
+            status,
+            original: ctx.original,
+        };
         let (rule, obligations) = match enforce::verdict(decision) {
             Verdict::Forward { rule, obligations } => (rule, obligations),
             Verdict::Refuse { rule, status, held } => {
                 tracing::info!(session = %ctx.session_id, user = %identity.user, rule = rule.as_deref().unwrap_or("-"), held, "request refused by policy");
                 if let Some(recorder) = &self.recorder {
-                    let entry = audit::request_entry(audit::Decided {
-                        id: &ctx.session_id,
-                        client_addr: client_ip(session),
-                        user_agent: user_agent(session),
-                        identity: Some(identity),
-                        info,
-                        allowed: false,
-                        reason: Some(status.message.clone()),
+                    let entry = audit::request_entry(decided(
+                        false,
+                        Some(status.message.clone()),
                         rule,
-                        status: Some(status.code),
-                        original: ctx.original,
-                    });
+                        Some(status.code),
+                    ));
                     // A refusal forwards nothing, so a failed record cannot let anything
                     // through; it is logged loudly instead of turning a 403 into a 503.
                     if let Err(e) = recorder.append(entry) {
@@ -160,18 +171,7 @@ impl Gateway {
         }
         ctx.record_session = obligations.record == RecordLevel::Full;
         if let Some(recorder) = &self.recorder {
-            let entry = audit::request_entry(audit::Decided {
-                id: &ctx.session_id,
-                client_addr: client_ip(session),
-                user_agent: user_agent(session),
-                identity: Some(identity),
-                info,
-                allowed: true,
-                reason: None,
-                rule,
-                status: None,
-                original: ctx.original,
-            });
+            let entry = audit::request_entry(decided(true, None, rule, None));
             let appended = if audit::needs_durable_record(info) {
                 recorder.append_durable(entry).await
             } else {

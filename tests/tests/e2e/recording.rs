@@ -137,9 +137,7 @@ fn sessions_are_recorded_replayable_and_every_call_is_audited() -> Result<()> {
     let config = config_path(&s);
     let cfg = config.to_str().context("utf-8")?;
 
-    let (ok, out, err) = portcullis(&["sessions", "list", "--config", cfg, "--output", "json"])?;
-    ensure!(ok, "sessions list: {err}");
-    let sessions = json_lines(&out)?;
+    let sessions = sessions_of(&s)?;
     let command_is = |s: &Value, cmd: &[&str]| {
         s["command"].as_array().is_some_and(|c| {
             c.iter()
@@ -409,17 +407,7 @@ fn a_session_faster_than_the_disk_is_slowed_down_not_cut() -> Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     s.gateway.terminate(Duration::from_secs(10))?;
-    let config = config_path(&s);
-    let (ok, out, err) = portcullis(&[
-        "sessions",
-        "list",
-        "--config",
-        config.to_str().context("utf-8")?,
-        "--output",
-        "json",
-    ])?;
-    ensure!(ok, "{err}");
-    let sessions = json_lines(&out)?;
+    let sessions = sessions_of(&s)?;
     let stream = session_with(&sessions, |s| s["command"][0] == "stream")?;
     ensure!(
         stream["stdout_bytes"] == BYTES
