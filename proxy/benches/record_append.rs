@@ -133,6 +133,7 @@ fn main() {
             protocol: SessionProtocol::WebSocketV5,
             start_ns: 0,
             request_seq: None,
+            frames_recorded: true,
         })
         .expect("session");
     let chunk_kib: usize = std::env::var("RECORD_BENCH_CHUNK_KIB")

@@ -127,7 +127,8 @@ enum AuditCommand {
         #[arg(long)]
         key: Option<PathBuf>,
     },
-    /// List audit records (one line per request, joined with its completion).
+    /// List audit records (one line per request, joined with its completion, and one per
+    /// node agent event).
     Query {
         #[command(flatten)]
         store: StoreArgs,
@@ -149,6 +150,9 @@ enum AuditCommand {
         /// `allow` or `deny`.
         #[arg(long)]
         decision: Option<String>,
+        /// `request` (the gateway's) or `node` (the node agent's redirect/reject/drop events).
+        #[arg(long)]
+        kind: Option<String>,
         /// `json` prints JSON lines (for a SIEM).
         #[arg(long, value_enum, default_value = "table")]
         output: OutputFormat,
@@ -242,14 +246,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Policy { command } => run_policy(command),
         Command::Node { command } => run_node(command),
-        Command::Audit { command } => run_audit(command),
-        Command::Sessions { command } => run_sessions(command),
+        Command::Audit { command } => {
+            init_cli_tracing();
+            run_audit(command)
+        }
+        Command::Sessions { command } => {
+            init_cli_tracing();
+            run_sessions(command)
+        }
         Command::Replay {
             session,
             store,
             speed,
             max_gap,
         } => {
+            init_cli_tracing();
             if !(max_gap.is_finite() && max_gap >= 0.0) {
                 anyhow::bail!("--max-gap must be a number of seconds >= 0");
             }
@@ -269,6 +280,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             format: ExportFormat::Asciicast,
             output,
         } => {
+            init_cli_tracing();
             let target = store.target()?;
             match output {
                 Some(path) => {
@@ -285,6 +297,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Warnings of the store-reading commands (a torn frame file, records of another schema) on
+/// stderr, so stdout stays the data; `RUST_LOG` to see more.
+fn init_cli_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(false)
+        .try_init();
 }
 
 fn run_audit(command: AuditCommand) -> anyhow::Result<()> {
@@ -311,6 +336,7 @@ fn run_audit(command: AuditCommand) -> anyhow::Result<()> {
             since,
             until,
             decision,
+            kind,
             output,
         } => {
             let time = |t: Option<String>| -> anyhow::Result<Option<u64>> {
@@ -327,6 +353,12 @@ fn run_audit(command: AuditCommand) -> anyhow::Result<()> {
                 Some("deny") => Some(Decision::Deny),
                 Some(other) => anyhow::bail!("--decision {other:?}: expected allow or deny"),
             };
+            let kind = kind
+                .map(|k| {
+                    query::RecordKind::parse(&k)
+                        .ok_or_else(|| anyhow::anyhow!("--kind {k:?}: expected request or node"))
+                })
+                .transpose()?;
             let filter = query::AuditFilter {
                 user,
                 verb,
@@ -335,6 +367,7 @@ fn run_audit(command: AuditCommand) -> anyhow::Result<()> {
                 since_ns: time(since)?,
                 until_ns: time(until)?,
                 decision,
+                kind,
             };
             cli::audit_query(
                 &store.target()?,

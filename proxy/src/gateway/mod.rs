@@ -75,7 +75,8 @@ pub struct RequestCtx {
     mask: Option<Arc<MaskProfile>>,
     response_masker: Option<ResponseMasker>,
     /// Record exec/attach/port-forward contents (the rule's `record` obligation).
-    record_session: bool,
+    /// How much of an exec/attach/port-forward session to record (policy obligation).
+    record_level: RecordLevel,
     session: Option<SessionRecording>,
     /// The audit seq of this request's decision entry, for its completion entry.
     audit_seq: Option<u64>,
@@ -169,7 +170,7 @@ impl Gateway {
                 ctx.mask = Some(profile);
             }
         }
-        ctx.record_session = obligations.record == RecordLevel::Full;
+        ctx.record_level = obligations.record;
         if let Some(recorder) = &self.recorder {
             let entry = audit::request_entry(decided(true, None, rule, None));
             let appended = if audit::needs_durable_record(info) {
@@ -206,7 +207,7 @@ impl Gateway {
         let (Some(recorder), Some(info)) = (&self.recorder, ctx.info.as_ref()) else {
             return Ok(());
         };
-        if !ctx.record_session || !info.is_streaming_upgrade() {
+        if !info.is_streaming_upgrade() {
             return Ok(());
         }
         let req = session.req_header();
@@ -219,7 +220,7 @@ impl Gateway {
                 "the session's stream protocol cannot be recorded by the gateway",
             ));
         };
-        let meta = recording::session_meta(
+        let mut meta = recording::session_meta(
             info,
             req.uri.query(),
             ctx.identity.as_ref(),
@@ -227,6 +228,7 @@ impl Gateway {
             &ctx.session_id,
             ctx.audit_seq,
         );
+        meta.frames_recorded = ctx.record_level == RecordLevel::Full;
         let recording = SessionRecording::start(recorder, protocol, meta).map_err(|e| {
             tracing::error!(session = %ctx.session_id, error = %e, "cannot open the session recording");
             Error::explain(
@@ -382,7 +384,7 @@ impl ProxyHttp for Gateway {
             _stream: None,
             mask: None,
             response_masker: None,
-            record_session: false,
+            record_level: RecordLevel::Metadata,
             session: None,
             audit_seq: None,
             upstream_status: None,

@@ -26,7 +26,8 @@ pub enum RecordingError {
 
 /// One recorded session, alive as long as the upgraded connection.
 pub struct SessionRecording {
-    decoder: SessionDecoder,
+    /// `None` for a metadata-only session: its bytes are not looked at.
+    decoder: Option<SessionDecoder>,
     writer: Option<SessionWriter>,
     exit_code: Option<i32>,
     failure: Option<String>,
@@ -60,6 +61,7 @@ pub fn session_meta(
         protocol: session_protocol(protocol),
         start_ns: 0,
         request_seq,
+        frames_recorded: true,
     };
     let truthy = |v: &str| matches!(v, "true" | "1");
     for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
@@ -98,9 +100,10 @@ impl SessionRecording {
         protocol: StreamProtocol,
         meta: SessionMeta,
     ) -> Result<Self, RecordError> {
+        let frames = meta.frames_recorded;
         let writer = recorder.open_session(meta)?;
         Ok(Self {
-            decoder: SessionDecoder::new(protocol),
+            decoder: frames.then(|| SessionDecoder::new(protocol)),
             writer: Some(writer),
             exit_code: None,
             failure: None,
@@ -110,10 +113,13 @@ impl SessionRecording {
     /// Decodes and records bytes one peer sent. An error ends the session: the caller must not
     /// pass these bytes on.
     pub fn observe(&mut self, dir: Direction, bytes: &[u8]) -> Result<(), RecordingError> {
+        let Some(decoder) = self.decoder.as_mut() else {
+            return Ok(());
+        };
         if bytes.is_empty() {
             return Ok(());
         }
-        let events = match self.decoder.push(dir, bytes) {
+        let events = match decoder.push(dir, bytes) {
             Ok(events) => events,
             Err(e) => {
                 let peer = match dir {

@@ -11,8 +11,8 @@ use std::time::Duration;
 use super::chain::verify;
 use super::keys::load_verifying_key;
 use super::query::{
-    find_session, format_sessions, format_table, list_sessions, query, row_json, session_frames,
-    session_json, AuditFilter,
+    find_session, format_query_rows, format_sessions, list_sessions, query_row_json, query_rows,
+    session_frames, session_json, AuditFilter,
 };
 use super::replay::{replay_plan, to_asciicast, ReplayTarget};
 use super::store::SledStore;
@@ -32,6 +32,11 @@ pub enum CliError {
     Key(#[from] super::keys::KeyError),
     #[error(transparent)]
     Store(#[from] super::store::StoreError),
+    #[error(
+        "session {0} was recorded as metadata only (policy `record: metadata`): who, what, when \
+         are in `sessions list`, but there are no frames to play"
+    )]
+    MetadataOnly(u64),
     #[error("output: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -87,6 +92,7 @@ pub fn audit_verify(
     Ok(report.is_ok())
 }
 
+/// Prints the matching requests and node events; returns how many.
 pub fn audit_query(
     target: &Target,
     filter: &AuditFilter,
@@ -94,13 +100,13 @@ pub fn audit_query(
     out: &mut dyn Write,
 ) -> Result<usize, CliError> {
     let store = open(target)?;
-    let rows = query(&store, filter)?;
+    let rows = query_rows(&store, filter)?;
     if json {
         for row in &rows {
-            writeln!(out, "{}", row_json(row))?;
+            writeln!(out, "{}", query_row_json(row))?;
         }
     } else {
-        write!(out, "{}", format_table(&rows))?;
+        write!(out, "{}", format_query_rows(&rows))?;
     }
     Ok(rows.len())
 }
@@ -129,6 +135,9 @@ pub fn replay(
 ) -> Result<(), CliError> {
     let store = open(target)?;
     let record = find_session(&store, session)?;
+    if !record.meta.frames_recorded {
+        return Err(CliError::MetadataOnly(record.seq));
+    }
     let frames = session_frames(&store, record.seq)?;
     for step in replay_plan(&frames, speed, max_gap) {
         if !step.delay.is_zero() {
@@ -158,6 +167,9 @@ pub fn export_asciicast(
 ) -> Result<(), CliError> {
     let store = open(target)?;
     let record = find_session(&store, session)?;
+    if !record.meta.frames_recorded {
+        return Err(CliError::MetadataOnly(record.seq));
+    }
     let frames = session_frames(&store, record.seq)?;
     out.write_all(to_asciicast(&record, &frames).as_bytes())?;
     out.flush()?;

@@ -13,7 +13,10 @@ use crate::identity::Identity;
 
 /// The schema of audit envelopes, checkpoints, sessions and frames written by this build. Stored
 /// in every record so a later build can pick the decoder.
-pub const SCHEMA_VERSION: u16 = 1;
+///
+/// 2: request entries carry the node agent's original destination and client cgroup; node
+/// events; session frames moved from a sled tree to per-session files (`frame_files`).
+pub const SCHEMA_VERSION: u16 = 2;
 
 /// SHA-256 digest.
 pub type Hash = [u8; 32];
@@ -155,6 +158,90 @@ pub struct CompletionEntry {
     pub error: Option<String>,
 }
 
+/// What the node agent's eBPF programs did to a selected pod's traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum NodeEventKind {
+    /// connect() to a protected `ip:port` was sent to the gateway.
+    Redirect,
+    /// connect() to a protected IP was refused (another port, UDP, or no gateway).
+    Reject,
+    /// A packet to a protected IP that did not go through connect() was dropped.
+    Drop,
+}
+
+impl NodeEventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeEventKind::Redirect => "redirect",
+            NodeEventKind::Reject => "reject",
+            NodeEventKind::Drop => "drop",
+        }
+    }
+}
+
+/// The IP protocol of the socket or packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum NodeProtocol {
+    Tcp,
+    Udp,
+    /// Any other IPPROTO_* number (0: unknown).
+    Other(u32),
+}
+
+impl NodeProtocol {
+    /// From the kernel's IPPROTO_* number.
+    pub fn from_ipproto(number: u32) -> Self {
+        match number {
+            6 => NodeProtocol::Tcp,
+            17 => NodeProtocol::Udp,
+            other => NodeProtocol::Other(other),
+        }
+    }
+
+    /// `tcp`, `udp`, or `ipproto-<n>`.
+    pub fn name(self) -> String {
+        match self {
+            NodeProtocol::Tcp => "tcp".into(),
+            NodeProtocol::Udp => "udp".into(),
+            NodeProtocol::Other(n) => format!("ipproto-{n}"),
+        }
+    }
+}
+
+/// The selected pod an event came from, as the node agent knows it (pods file or pod watch).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct NodePod {
+    pub namespace: String,
+    pub name: String,
+    /// Known when the pod was selected by UID (the pod watch, or a `uid:` pods-file entry).
+    pub uid: Option<String>,
+}
+
+/// Written by the node agent (`portcullis node run`) into its own audit log: one or more
+/// identical eBPF events (same kind, cgroup, destination and protocol) coalesced over a short
+/// window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeEventEntry {
+    /// When the record was made (nanoseconds since the epoch).
+    pub time_ns: u64,
+    /// Filled in by the recorder from `record.node_name` when left empty.
+    pub node: String,
+    pub kind: NodeEventKind,
+    /// `None` when the cgroup belongs to no selected pod the agent knows (any more).
+    pub pod: Option<NodePod>,
+    /// The cgroup v2 id of the socket or packet (often a container cgroup inside the pod's).
+    pub cgroup_id: u64,
+    /// The protected `ip:port` that was dialled; port 0 for a dropped packet (the packet
+    /// filter matches the IP only).
+    pub destination: String,
+    pub protocol: NodeProtocol,
+    /// How many events this record stands for (at least 1).
+    pub count: u64,
+    /// When the agent read the first and the last of them.
+    pub first_ns: u64,
+    pub last_ns: u64,
+}
+
 /// What callers append.
 // Built once per request and moved straight into the recorder: boxing would buy nothing.
 #[allow(clippy::large_enum_variant)]
@@ -162,6 +249,8 @@ pub struct CompletionEntry {
 pub enum AuditEntry {
     Request(RequestEntry),
     Completion(CompletionEntry),
+    // postcard encodes the variant's index: new variants go at the end.
+    Node(NodeEventEntry),
 }
 
 impl AuditEntry {
@@ -169,6 +258,7 @@ impl AuditEntry {
         match self {
             AuditEntry::Request(r) => r.time_ns,
             AuditEntry::Completion(c) => c.time_ns,
+            AuditEntry::Node(n) => n.time_ns,
         }
     }
 }
@@ -210,6 +300,8 @@ pub struct Envelope {
     pub schema: u16,
     pub seq: u64,
     pub prev_hash: Hash,
+    /// Encoded as bytes (postcard writes the same as for a sequence of u8, only faster).
+    #[serde(with = "serde_bytes")]
     pub entry: Vec<u8>,
     pub hash: Hash,
 }
@@ -324,6 +416,55 @@ pub(crate) mod tests {
         let mut moved = back;
         moved.seq = 8;
         assert!(!moved.hash_matches(), "the seq is covered by the hash");
+    }
+
+    pub fn sample_node_event(kind: NodeEventKind, namespace: &str) -> NodeEventEntry {
+        NodeEventEntry {
+            time_ns: 1_700_000_001_000_000_000,
+            node: String::new(),
+            kind,
+            pod: Some(NodePod {
+                namespace: namespace.into(),
+                name: "mcp-0".into(),
+                uid: Some("8f0e3c1a-5b2d-4c6e-9a7f-0123456789ab".into()),
+            }),
+            cgroup_id: 4242,
+            destination: "203.0.113.10:443".into(),
+            protocol: NodeProtocol::Tcp,
+            count: 3,
+            first_ns: 1_700_000_000_000_000_000,
+            last_ns: 1_700_000_000_900_000_000,
+        }
+    }
+
+    #[test]
+    fn node_events_are_a_new_variant_after_the_existing_ones() {
+        // postcard writes the variant index first: records written before node events
+        // existed must keep decoding, so Request stays 0, Completion 1, and Node is 2.
+        let node = sample_node_event(NodeEventKind::Drop, "agents");
+        let bytes = encode(&ChainEntry::Audit(AuditEntry::Node(node.clone()))).unwrap();
+        assert_eq!(
+            &bytes[..2],
+            &[0, 2],
+            "ChainEntry::Audit, then AuditEntry::Node"
+        );
+        let request = encode(&ChainEntry::Audit(AuditEntry::Request(sample_request(
+            "a", "get", "n",
+        ))))
+        .unwrap();
+        assert_eq!(&request[..2], &[0, 0]);
+        let back: ChainEntry = decode(&bytes).unwrap();
+        assert_eq!(back, ChainEntry::Audit(AuditEntry::Node(node)));
+        assert_eq!(back.time_ns(), 1_700_000_001_000_000_000);
+    }
+
+    #[test]
+    fn protocols_map_from_ipproto_numbers() {
+        assert_eq!(NodeProtocol::from_ipproto(6), NodeProtocol::Tcp);
+        assert_eq!(NodeProtocol::from_ipproto(17), NodeProtocol::Udp);
+        assert_eq!(NodeProtocol::from_ipproto(1).name(), "ipproto-1");
+        assert_eq!(NodeProtocol::Udp.name(), "udp");
+        assert_eq!(NodeEventKind::Reject.as_str(), "reject");
     }
 
     #[test]

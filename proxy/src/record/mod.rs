@@ -15,6 +15,7 @@
 pub mod chain;
 pub mod cli;
 pub mod entry;
+pub mod frame_files;
 pub mod frames;
 pub mod keys;
 pub mod query;
@@ -34,7 +35,8 @@ use serde::Deserialize;
 pub use chain::{verify, Break, BreakReason, Checkpoint, KeyTrust, VerifyReport};
 pub use entry::{
     now_unix_nanos, AuditEntry, AuditIdentity, AuditRequest, ChainEntry, CompletionEntry, Decision,
-    Envelope, ImpersonatedIdentity, RequestEntry, Tombstone, SCHEMA_VERSION,
+    Envelope, ImpersonatedIdentity, NodeEventEntry, NodeEventKind, NodePod, NodeProtocol,
+    RequestEntry, Tombstone, SCHEMA_VERSION,
 };
 pub use retention::RetentionReport;
 pub use session::{
@@ -444,6 +446,14 @@ impl Recorder {
                         "the last audit record ({seq}) does not decode ({e}); run `portcullis audit verify`"
                     ))
                 })?;
+                if env.schema != SCHEMA_VERSION {
+                    return Err(RecordError::Config(format!(
+                        "the store was written with record schema {}, this build writes schema \
+                         {SCHEMA_VERSION}: move the store aside (the portcullis that wrote it can \
+                         still verify and query it) and start a new one",
+                        env.schema
+                    )));
+                }
                 if env.seq != seq || !env.hash_matches() {
                     return Err(RecordError::Corrupt(format!(
                         "the last audit record ({seq}) does not match its hash; run `portcullis audit verify`"
@@ -562,6 +572,11 @@ impl Recorder {
             AuditEntry::Completion(c) => {
                 if c.node.is_empty() {
                     c.node.clone_from(&shared.node);
+                }
+            }
+            AuditEntry::Node(n) => {
+                if n.node.is_empty() {
+                    n.node.clone_from(&shared.node);
                 }
             }
         }

@@ -250,6 +250,7 @@ mod tests {
                 protocol: SessionProtocol::WebSocketV5,
                 start_ns: 1_700_000_000_500_000_000,
                 request_seq: Some(9),
+                frames_recorded: true,
             },
             end_ns: Some(1_700_000_010_000_000_000),
             exit_code: Some(3),

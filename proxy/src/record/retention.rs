@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::entry::{decode, now_unix_nanos, ChainEntry, Envelope, Tombstone};
 use super::session::SessionRecord;
-use super::store::{frame_key, key_seq, seq_key, Tree};
+use super::store::{key_seq, seq_key, Tree};
 use super::{RecordError, Shared};
 
 /// What one retention pass did.
@@ -189,11 +189,7 @@ fn session_pass(
         if record.end_ns.is_none() && !too_old {
             continue;
         }
-        shared.store.remove_range(
-            Tree::Frames,
-            &frame_key(record.seq, 0),
-            &frame_key(record.seq.saturating_add(1), 0),
-        )?;
+        shared.store.remove_frames(record.seq)?;
         shared
             .store
             .remove(Tree::SessionIds, record.meta.session_id.as_bytes())?;

@@ -14,7 +14,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::entry::{encode, now_unix_nanos, AuditIdentity, SCHEMA_VERSION};
-use super::store::{frame_key, seq_key, Store, Tree};
+use super::store::{seq_key, Store, Tree};
 use super::RecordError;
 use crate::metrics::RecorderMetrics;
 
@@ -75,6 +75,9 @@ pub struct SessionMeta {
     pub start_ns: u64,
     /// The audit seq of the request that opened the session, if known.
     pub request_seq: Option<u64>,
+    /// `false` when policy said `record: metadata`: the session's start, end and who ran what
+    /// are kept, its frames (and so its exit code and byte counts) are not.
+    pub frames_recorded: bool,
 }
 
 /// Per port-forward connection (SPDY stream pair / WebSocket data channel) totals.
@@ -143,6 +146,9 @@ pub enum FrameKind {
 pub enum FrameEvent {
     Data {
         kind: FrameKind,
+        // As bytes, not a sequence of u8 (same postcard encoding, but serde's default visits
+        // every byte: that was a sixth of the gateway's CPU while recording a fast stream).
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
     /// `mark_gap`: this much was dropped here because the disk fell behind.
@@ -151,10 +157,7 @@ pub enum FrameEvent {
         dropped_frames: u64,
     },
     /// `terminate`: the budget was exceeded here and the session was ended.
-    Overflow {
-        queued_bytes: u64,
-        limit: u64,
-    },
+    Overflow { queued_bytes: u64, limit: u64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,6 +166,37 @@ pub struct FrameRecord {
     /// Microseconds since the session opened (monotonic clock), taken when the frame arrived.
     pub t_us: u64,
     pub event: FrameEvent,
+}
+
+/// The encoding of a `FrameRecord` holding `FrameEvent::Data`, from borrowed bytes: the data
+/// path encodes each chunk once instead of copying it into a `FrameRecord` first. Must encode
+/// exactly like `FrameRecord` (a unit test holds them together): `Data` is variant 0.
+#[derive(Serialize)]
+struct DataFrameRef<'a> {
+    schema: u16,
+    t_us: u64,
+    event: DataEventRef<'a>,
+}
+
+#[derive(Serialize)]
+enum DataEventRef<'a> {
+    Data {
+        kind: FrameKind,
+        #[serde(with = "serde_bytes")]
+        data: &'a [u8],
+    },
+}
+
+pub(crate) fn encode_data_frame(
+    t_us: u64,
+    kind: FrameKind,
+    data: &[u8],
+) -> Result<Vec<u8>, postcard::Error> {
+    encode(&DataFrameRef {
+        schema: SCHEMA_VERSION,
+        t_us,
+        event: DataEventRef::Data { kind, data },
+    })
 }
 
 /// What to do when a session's queued bytes exceed `record.session_queue_max_bytes`.
@@ -179,7 +213,6 @@ pub enum OverflowPolicy {
 pub(crate) enum SessionMsg {
     Frame {
         session_seq: u64,
-        index: u64,
         value: Vec<u8>,
         accounted: usize,
         budget: Arc<AtomicUsize>,
@@ -315,15 +348,8 @@ impl SessionWriter {
             return Ok(());
         }
 
-        let record = FrameRecord {
-            schema: SCHEMA_VERSION,
-            t_us,
-            event: FrameEvent::Data {
-                kind,
-                data: data.to_vec(),
-            },
-        };
-        let value = encode(&record).map_err(|e| RecordError::Encode(e.to_string()))?;
+        let value =
+            encode_data_frame(t_us, kind, data).map_err(|e| RecordError::Encode(e.to_string()))?;
         let size = value.len();
         let before = s.budget.fetch_add(size, Ordering::AcqRel);
         // A single frame larger than the whole budget still goes through on an empty queue.
@@ -442,12 +468,11 @@ impl SessionWriter {
 
     fn send(&self, value: Vec<u8>, size: usize) -> Result<(), RecordError> {
         let s = &self.state;
-        let index = s.next_index.fetch_add(1, Ordering::AcqRel);
+        s.next_index.fetch_add(1, Ordering::AcqRel);
         let total = s.ctx.queued_bytes.fetch_add(size, Ordering::AcqRel) + size;
         s.ctx.metrics.session_queue_bytes.set(total as i64);
         s.tx.send(SessionMsg::Frame {
             session_seq: s.seq,
-            index,
             value,
             accounted: size,
             budget: s.budget.clone(),
@@ -516,13 +541,12 @@ pub(crate) fn run_writer(
         match msg {
             SessionMsg::Frame {
                 session_seq,
-                index,
                 value,
                 accounted,
                 budget,
                 failed,
             } => {
-                if let Err(e) = store.insert(Tree::Frames, &frame_key(session_seq, index), &value) {
+                if let Err(e) = store.append_frame(session_seq, &value) {
                     // Surfaces on the session's next frame, which ends it.
                     failed.store(true, Ordering::Release);
                     metrics.append_errors.inc();
@@ -536,6 +560,10 @@ pub(crate) fn run_writer(
                 metrics.session_queue_bytes.set(left as i64);
             }
             SessionMsg::Close { record } => {
+                if let Err(e) = store.close_frames(record.seq) {
+                    metrics.append_errors.inc();
+                    tracing::error!(session_seq = record.seq, error = %e, "cannot close the session's frames");
+                }
                 let result = encode(&*record).map_err(|e| e.to_string()).and_then(|v| {
                     store
                         .insert(Tree::Sessions, &seq_key(record.seq), &v)

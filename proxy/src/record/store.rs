@@ -6,6 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
+use super::frame_files::FrameFiles;
+pub use super::frame_files::ReadFrames;
+
 /// The trees a store holds. Keys are big-endian so byte order is numeric order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tree {
@@ -17,19 +20,16 @@ pub enum Tree {
     Sessions,
     /// session id (UTF-8) → session seq (u64 BE).
     SessionIds,
-    /// session seq (u64 BE) ++ frame index (u64 BE) → [`super::session::FrameRecord`].
-    Frames,
     /// Operational state that verification never trusts (the latest tombstone, ...).
     Meta,
 }
 
 impl Tree {
-    pub const ALL: [Tree; 6] = [
+    pub const ALL: [Tree; 5] = [
         Tree::Audit,
         Tree::Checkpoints,
         Tree::Sessions,
         Tree::SessionIds,
-        Tree::Frames,
         Tree::Meta,
     ];
 
@@ -39,7 +39,6 @@ impl Tree {
             Tree::Checkpoints => "checkpoints",
             Tree::Sessions => "sessions",
             Tree::SessionIds => "session_ids",
-            Tree::Frames => "frames",
             Tree::Meta => "meta",
         }
     }
@@ -82,6 +81,16 @@ pub trait Store: Send + Sync + 'static {
     fn scan_prefix<'a>(&'a self, tree: Tree, prefix: &[u8]) -> KvIter<'a>;
     /// Makes every write so far durable (fsync).
     fn flush(&self) -> Result<(), StoreError>;
+
+    /// Appends an encoded [`super::session::FrameRecord`] to a session's frames, after the
+    /// ones before it. Durable at the next [`Store::flush`], like everything else.
+    fn append_frame(&self, session_seq: u64, value: &[u8]) -> Result<(), StoreError>;
+    /// The session is over: no more frames will be appended.
+    fn close_frames(&self, session_seq: u64) -> Result<(), StoreError>;
+    /// A session's frames in the order they were appended.
+    fn frames(&self, session_seq: u64) -> Result<ReadFrames, StoreError>;
+    /// Deletes a session's frames.
+    fn remove_frames(&self, session_seq: u64) -> Result<(), StoreError>;
 }
 
 pub fn seq_key(seq: u64) -> [u8; 8] {
@@ -94,14 +103,8 @@ pub fn key_seq(key: &[u8]) -> Option<u64> {
         .map(u64::from_be_bytes)
 }
 
-pub fn frame_key(session_seq: u64, index: u64) -> [u8; 16] {
-    let mut key = [0; 16];
-    key[..8].copy_from_slice(&session_seq.to_be_bytes());
-    key[8..].copy_from_slice(&index.to_be_bytes());
-    key
-}
-
-/// sled 0.34: one database directory, one sled tree per [`Tree`].
+/// sled 0.34: one database directory, one sled tree per [`Tree`]; session frames in
+/// [`FrameFiles`] under the same directory.
 ///
 /// sled's own flush is not enough for power-failure durability: on Linux it ends its log writes
 /// with `sync_file_range`, which neither persists the file's size nor flushes the disk's write
@@ -114,6 +117,7 @@ pub struct SledStore {
     dir: PathBuf,
     log_file: std::fs::File,
     synced_blobs: std::sync::Mutex<std::collections::HashSet<std::ffi::OsString>>,
+    frames: FrameFiles,
 }
 
 impl SledStore {
@@ -157,6 +161,7 @@ impl SledStore {
             dir: path.to_path_buf(),
             log_file,
             synced_blobs: std::sync::Mutex::new(std::collections::HashSet::new()),
+            frames: FrameFiles::new(path),
         })
     }
 
@@ -270,11 +275,28 @@ impl Store for SledStore {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
+        self.frames.sync()?;
         self.db.flush()?;
         let io = |e: std::io::Error| StoreError::Io(format!("fsync: {e}"));
         self.log_file.sync_all().map_err(io)?;
         self.sync_blobs().map_err(io)?;
         Ok(())
+    }
+
+    fn append_frame(&self, session_seq: u64, value: &[u8]) -> Result<(), StoreError> {
+        self.frames.append(session_seq, value)
+    }
+
+    fn close_frames(&self, session_seq: u64) -> Result<(), StoreError> {
+        self.frames.close(session_seq)
+    }
+
+    fn frames(&self, session_seq: u64) -> Result<ReadFrames, StoreError> {
+        self.frames.read(session_seq)
+    }
+
+    fn remove_frames(&self, session_seq: u64) -> Result<(), StoreError> {
+        self.frames.remove(session_seq)
     }
 }
 
@@ -310,15 +332,18 @@ mod tests {
             key_seq(&store.first(Tree::Audit).unwrap().unwrap().0),
             Some(255)
         );
-        store.insert(Tree::Frames, &frame_key(5, 1), b"a").unwrap();
-        store.insert(Tree::Frames, &frame_key(5, 0), b"b").unwrap();
-        store.insert(Tree::Frames, &frame_key(6, 0), b"c").unwrap();
-        let frames: Vec<Vec<u8>> = store
-            .scan_prefix(Tree::Frames, &seq_key(5))
-            .map(|kv| kv.unwrap().1)
-            .collect();
-        assert_eq!(frames, vec![b"b".to_vec(), b"a".to_vec()]);
+        store.append_frame(5, b"b").unwrap();
+        store.append_frame(6, b"c").unwrap();
+        store.append_frame(5, b"a").unwrap();
+        store.close_frames(5).unwrap();
         store.flush().unwrap();
+        assert_eq!(
+            store.frames(5).unwrap().records,
+            vec![b"b".to_vec(), b"a".to_vec()]
+        );
+        store.remove_frames(5).unwrap();
+        assert!(store.frames(5).unwrap().records.is_empty());
+        assert_eq!(store.frames(6).unwrap().records, vec![b"c".to_vec()]);
     }
 
     #[test]
@@ -327,7 +352,7 @@ mod tests {
         let store = SledStore::open(dir.path(), 1 << 20).unwrap();
         // Far above sled's inline item size: stored as a file under blobs/.
         let big = vec![7u8; 2 * 1024 * 1024];
-        store.insert(Tree::Frames, &frame_key(1, 0), &big).unwrap();
+        store.insert(Tree::Sessions, &seq_key(1), &big).unwrap();
         store.flush().unwrap();
         let blobs = std::fs::read_dir(dir.path().join("blobs")).unwrap().count();
         assert!(blobs > 0, "expected sled to write a blob file");
@@ -336,7 +361,7 @@ mod tests {
         let reopened = SledStore::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(
             reopened
-                .get(Tree::Frames, &frame_key(1, 0))
+                .get(Tree::Sessions, &seq_key(1))
                 .unwrap()
                 .as_deref(),
             Some(&big[..])

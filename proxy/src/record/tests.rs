@@ -5,7 +5,7 @@ use std::time::Duration;
 use super::entry::tests::sample_request;
 use super::entry::{decode, encode, Envelope};
 use super::query::{find_session, list_sessions, query, session_frames, AuditFilter};
-use super::store::{key_seq, seq_key, KeyValue, KvIter};
+use super::store::{key_seq, seq_key, KeyValue, KvIter, ReadFrames};
 use super::*;
 
 const KEY_SEED: [u8; 32] = [42; 32];
@@ -397,13 +397,24 @@ impl GatedStore {
 
 impl Store for GatedStore {
     fn insert(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        if tree == Tree::Frames {
-            let mut open = self.gate.lock().unwrap();
-            while !*open {
-                open = self.opened.wait(open).unwrap();
-            }
-        }
         self.inner.insert(tree, key, value)
+    }
+    fn append_frame(&self, session_seq: u64, value: &[u8]) -> Result<(), StoreError> {
+        let mut open = self.gate.lock().unwrap();
+        while !*open {
+            open = self.opened.wait(open).unwrap();
+        }
+        drop(open);
+        self.inner.append_frame(session_seq, value)
+    }
+    fn close_frames(&self, session_seq: u64) -> Result<(), StoreError> {
+        self.inner.close_frames(session_seq)
+    }
+    fn frames(&self, session_seq: u64) -> Result<ReadFrames, StoreError> {
+        self.inner.frames(session_seq)
+    }
+    fn remove_frames(&self, session_seq: u64) -> Result<(), StoreError> {
+        self.inner.remove_frames(session_seq)
     }
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.inner.get(tree, key)
@@ -462,6 +473,7 @@ fn meta(id: &str) -> SessionMeta {
         protocol: SessionProtocol::Spdy,
         start_ns: 0,
         request_seq: Some(1),
+        frames_recorded: true,
     }
 }
 
@@ -948,4 +960,91 @@ async fn a_retention_pass_interrupted_before_deleting_still_verifies() {
         report.broken.map(|b| (b.seq, b.reason)),
         Some((0, BreakReason::Deleted))
     );
+}
+
+#[tokio::test]
+async fn a_store_of_another_schema_is_refused_but_still_hash_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = build_store(dir.path(), 3).await;
+    {
+        // Reseal the tail as if an older build had written it (same bytes, schema 1).
+        let store = SledStore::open(cfg.path.as_ref().unwrap(), 1 << 20).unwrap();
+        let last = get_env(&store, 2);
+        let older = Envelope {
+            schema: 1,
+            hash: crate::record::entry::chain_hash(1, 2, &last.prev_hash, &last.entry),
+            ..last
+        };
+        put_env(&store, 2, &older);
+        store.flush().unwrap();
+    }
+    let err = Recorder::open(&cfg, metrics()).err().unwrap().to_string();
+    assert!(err.contains("schema 1") && err.contains("new one"), "{err}");
+    // Not decoded, but its hash links: an edit to it is still found.
+    let store = SledStore::open(cfg.path.as_ref().unwrap(), 1 << 20).unwrap();
+    let mut older = get_env(&store, 2);
+    older.entry[0] ^= 1;
+    put_env(&store, 2, &older);
+    assert_eq!(broken(&store, None).seq, 2);
+}
+
+#[tokio::test]
+async fn query_fails_on_a_record_it_cannot_decode_instead_of_leaving_it_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = build_store(dir.path(), 3).await;
+    let store = SledStore::open(cfg.path.as_ref().unwrap(), 1 << 20).unwrap();
+    assert_eq!(query(&store, &AuditFilter::default()).unwrap().len(), 3);
+    // A well-sealed record (hash and link intact) whose entry is not a ChainEntry.
+    let last = get_env(&store, 2);
+    let garbage = vec![0xff; 8];
+    let resealed = Envelope::seal(2, last.prev_hash, garbage);
+    put_env(&store, 2, &resealed);
+    let err = query(&store, &AuditFilter::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("record 2") && err.contains("audit verify"),
+        "{err}"
+    );
+}
+
+#[test]
+fn frame_data_is_encoded_as_bytes_exactly_like_a_sequence_of_u8() {
+    // The stored format predates `serde_bytes` on these fields: it must not have changed.
+    #[derive(serde::Serialize)]
+    enum MirrorEvent {
+        Data { kind: FrameKind, data: Vec<u8> },
+    }
+    let data: Vec<u8> = (0..=255u8).chain(0..=255u8).collect();
+    let ours = encode(&FrameEvent::Data {
+        kind: FrameKind::Stdout,
+        data: data.clone(),
+    })
+    .unwrap();
+    let mirror = encode(&MirrorEvent::Data {
+        kind: FrameKind::Stdout,
+        data,
+    })
+    .unwrap();
+    assert_eq!(ours, mirror);
+}
+
+#[test]
+fn a_data_frame_encoded_from_borrowed_bytes_decodes_as_a_frame_record() {
+    let kind = FrameKind::PortForwardData {
+        port: 8080,
+        stream: 3,
+        to_pod: true,
+    };
+    let value = session::encode_data_frame(1234, kind, b"payload").unwrap();
+    let owned = FrameRecord {
+        schema: SCHEMA_VERSION,
+        t_us: 1234,
+        event: FrameEvent::Data {
+            kind,
+            data: b"payload".to_vec(),
+        },
+    };
+    assert_eq!(value, encode(&owned).unwrap());
+    assert_eq!(decode::<FrameRecord>(&value).unwrap(), owned);
 }

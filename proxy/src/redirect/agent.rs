@@ -18,8 +18,10 @@ use tokio::io::Interest;
 use super::cgroup::{self, SelectedPod};
 use super::config::{split_host_port, NodeConfig};
 use super::entries::{desired_protected, gateway, plan_protected, socket_addr};
+use super::events::{NodeAudit, Observed};
 use super::kube_pods::PodWatch;
 use super::RedirectError;
+use crate::record::{NodeEventKind, NodePod, NodeProtocol};
 
 /// Attached to every selected pod's cgroup. The packet drop goes first and the rewrite last,
 /// so a pod being attached is refused, never let through, until the set is complete.
@@ -32,6 +34,9 @@ const POD_PROGRAMS: [&str; 6] = [
     program_names::CONNECT6,
 ];
 const GATEWAY_PROGRAMS: [&str; 1] = [program_names::SOCK_OPS];
+
+/// How often coalesced events whose window has closed are appended to the audit log.
+const AUDIT_WRITE_INTERVAL: Duration = Duration::from_millis(250);
 
 /// `statfs` magic of bpffs.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -150,8 +155,28 @@ async fn run_async(config: NodeConfig) -> Result<(), RedirectError> {
     if let Some(settings) = &agent.config.pods.kubernetes {
         agent.pod_watch = Some(PodWatch::start(settings).await?);
     }
+    agent.audit = NodeAudit::start(&agent.config.record);
+    // Installed before "ready", so a SIGTERM from then on stops the agent cleanly (audit log
+    // flushed) instead of killing it.
+    let terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|error| RedirectError::Io {
+            what: "install the SIGTERM handler".into(),
+            error,
+        })?;
     agent.reconcile(true);
     tracing::info!(pods = agent.pods.len(), "node agent ready");
+    let result = event_loop(&mut agent, terminate).await;
+    // Whatever ended the loop, what was coalesced so far goes into the audit log.
+    if let Some(audit) = agent.audit.take() {
+        audit.finish();
+    }
+    result
+}
+
+async fn event_loop(
+    agent: &mut Agent,
+    mut terminate: tokio::signal::unix::Signal,
+) -> Result<(), RedirectError> {
     let events = agent.take_events()?;
     // SAFETY: the ring buffer owns its map fd and keeps returning that same fd until dropped,
     // which only happens together with the AsyncFd.
@@ -163,16 +188,18 @@ async fn run_async(config: NodeConfig) -> Result<(), RedirectError> {
     let mut tick =
         tokio::time::interval(Duration::from_secs(agent.config.reconcile_interval_seconds));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|error| RedirectError::Io {
-        what: "install the SIGTERM handler".into(),
-        error,
-    })?;
+    let mut audit_tick = tokio::time::interval(AUDIT_WRITE_INTERVAL);
+    audit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {
                 let resolve = Instant::now() >= agent.next_resolve;
                 agent.reconcile(resolve);
+            }
+            _ = audit_tick.tick(), if agent.audit.is_some() => {
+                if let Some(audit) = agent.audit.as_mut() {
+                    audit.write_due();
+                }
             }
             ready = events.readable_mut() => {
                 let mut guard = ready.map_err(|error| RedirectError::Io {
@@ -189,6 +216,13 @@ async fn run_async(config: NodeConfig) -> Result<(), RedirectError> {
             }
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
+        }
+    }
+    // Events already in the ring buffer still belong in the audit log.
+    let ring = events.get_mut();
+    while let Some(item) = ring.next() {
+        if let Some(event) = parse_event(&item) {
+            agent.report(&event);
         }
     }
     tracing::info!(
@@ -215,9 +249,14 @@ struct Agent {
     resolved: StdHashMap<String, Vec<SocketAddr>>,
     next_resolve: Instant,
     pods: Vec<SelectedPod>,
-    pod_names: StdHashMap<u64, String>,
+    /// Which selected pod a cgroup id belongs to (`None`: none), filled as events arrive.
+    pod_names: StdHashMap<u64, Option<NodePod>>,
     last_counters: Counters,
+    /// Why pods were skipped at the last reconcile (each is warned about once).
+    last_skipped: HashSet<String>,
     pod_watch: Option<PodWatch>,
+    /// The agent's own audit log (`record:`), when configured.
+    audit: Option<NodeAudit>,
 }
 
 impl Agent {
@@ -266,7 +305,9 @@ impl Agent {
             pods: Vec::new(),
             pod_names: StdHashMap::new(),
             last_counters: Counters::default(),
+            last_skipped: HashSet::new(),
             pod_watch: None,
+            audit: None,
         })
     }
 
@@ -392,9 +433,12 @@ impl Agent {
             None => true,
         };
         let (pods, skipped) = cgroup::resolve_entries(&entries, &self.config.pods.cgroup_root);
-        for reason in skipped {
+        // A pod waiting for its cgroup (Pending) is skipped at every reconcile: warn once.
+        let skipped: HashSet<String> = skipped.into_iter().collect();
+        for reason in skipped.difference(&self.last_skipped) {
             tracing::warn!(pod = %reason, "selected pod skipped");
         }
+        self.last_skipped = skipped;
         let dir = self.config.bpffs.join("cgroups");
         let mut wanted = HashSet::new();
         for pod in &pods {
@@ -421,8 +465,7 @@ impl Agent {
         }
         self.pod_names.clear();
         for pod in &pods {
-            self.pod_names
-                .insert(pod.cgroup_id, format!("{}/{}", pod.namespace, pod.name));
+            self.pod_names.insert(pod.cgroup_id, Some(node_pod(pod)));
         }
         self.pods = pods;
         Ok(())
@@ -451,8 +494,27 @@ impl Agent {
     }
 
     fn report(&mut self, event: &Event) {
-        let pod = self.pod_of(event.cgroup_id);
+        let identity = self.pod_of(event.cgroup_id);
+        let pod = match &identity {
+            Some(pod) => format!("{}/{}", pod.namespace, pod.name),
+            None => format!("cgroup {}", event.cgroup_id),
+        };
         let destination = socket_addr(&event.dest);
+        let kind = match event.kind {
+            event_kind::REDIRECT => Some(NodeEventKind::Redirect),
+            event_kind::REJECT => Some(NodeEventKind::Reject),
+            event_kind::DROP => Some(NodeEventKind::Drop),
+            _ => None,
+        };
+        if let (Some(kind), Some(audit)) = (kind, self.audit.as_mut()) {
+            audit.observe(Observed {
+                kind,
+                cgroup_id: event.cgroup_id,
+                destination,
+                protocol: NodeProtocol::from_ipproto(event.protocol),
+                pod: identity,
+            });
+        }
         match event.kind {
             event_kind::REDIRECT => tracing::info!(
                 pod = %pod,
@@ -476,17 +538,25 @@ impl Agent {
     }
 
     /// Which selected pod a (possibly container-level) cgroup id belongs to.
-    fn pod_of(&mut self, cgroup_id: u64) -> String {
-        if let Some(name) = self.pod_names.get(&cgroup_id) {
-            return name.clone();
+    fn pod_of(&mut self, cgroup_id: u64) -> Option<NodePod> {
+        if let Some(pod) = self.pod_names.get(&cgroup_id) {
+            return pod.clone();
         }
-        let found = self.pods.iter().find_map(|pod| {
-            contains_cgroup(&pod.cgroup, cgroup_id, 4)
-                .then(|| format!("{}/{}", pod.namespace, pod.name))
-        });
-        let name = found.unwrap_or_else(|| format!("cgroup {cgroup_id}"));
-        self.pod_names.insert(cgroup_id, name.clone());
-        name
+        let found = self
+            .pods
+            .iter()
+            .find(|pod| contains_cgroup(&pod.cgroup, cgroup_id, 4))
+            .map(node_pod);
+        self.pod_names.insert(cgroup_id, found.clone());
+        found
+    }
+}
+
+fn node_pod(pod: &SelectedPod) -> NodePod {
+    NodePod {
+        namespace: pod.namespace.clone(),
+        name: pod.name.clone(),
+        uid: pod.uid.clone(),
     }
 }
 

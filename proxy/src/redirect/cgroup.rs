@@ -52,6 +52,8 @@ pub enum CgroupDriver {
 pub struct SelectedPod {
     pub namespace: String,
     pub name: String,
+    /// The pod's UID when the entry gave one (the pod watch always does).
+    pub uid: Option<String>,
     pub cgroup: PathBuf,
     /// The cgroup v2 id (the directory's inode number), the kernel's name for it.
     pub cgroup_id: u64,
@@ -141,6 +143,7 @@ pub fn resolve_entries(
             Ok(cgroup_id) => pods.push(SelectedPod {
                 namespace: entry.namespace.clone(),
                 name: entry.name.clone(),
+                uid: entry.uid.clone(),
                 cgroup: path,
                 cgroup_id,
             }),

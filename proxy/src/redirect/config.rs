@@ -19,6 +19,9 @@
 //! gateway_cgroup: /sys/fs/cgroup/kubepods.slice/...   # optional, see docs/node-agent.md
 //! bpffs: /sys/fs/bpf/portcullis         # everything the agent pins lives here
 //! reconcile_interval_seconds: 5
+//! record:                               # optional: the agent's own audit log of its events
+//!   path: /var/lib/portcullis/node-audit
+//!   signing_key_file: /etc/portcullis/node-audit.pem
 //! ```
 
 use std::cell::RefCell;
@@ -46,6 +49,10 @@ pub struct NodeConfig {
     pub bpffs: PathBuf,
     #[serde(default = "default_reconcile_interval")]
     pub reconcile_interval_seconds: u64,
+    /// The agent's own audit log of redirects, rejects and drops (the gateway's `record:`
+    /// section; session settings do not apply). Without `path` events are only logged.
+    #[serde(default)]
+    pub record: crate::record::RecordConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -183,6 +190,7 @@ impl NodeConfig {
         if self.protected.resolve_interval_seconds == 0 || self.reconcile_interval_seconds == 0 {
             return Err("intervals must be at least 1 second".into());
         }
+        self.record.validate()?;
         Ok(())
     }
 }
@@ -285,6 +293,24 @@ pods:
         let text = GOOD.replace("  file: /tmp/pods.yaml\n", "  cgroup_root: /x\n");
         let err = NodeConfig::parse(&text, Path::new("node.yaml")).unwrap_err();
         assert!(err.to_string().contains("`file`, `kubernetes`"), "{err}");
+    }
+
+    #[test]
+    fn record_section_is_optional_and_validated() {
+        let config = NodeConfig::parse(GOOD, Path::new("node.yaml")).unwrap();
+        assert!(!config.record.enabled(), "no record section: logging only");
+        let text = format!(
+            "{GOOD}record:\n  path: /var/lib/n\n  signing_key_file: /etc/k.pem\n  node_name: node-1\n"
+        );
+        let config = NodeConfig::parse(&text, Path::new("node.yaml")).unwrap();
+        assert!(config.record.enabled());
+        assert_eq!(config.record.node_name.as_deref(), Some("node-1"));
+        let text = format!("{GOOD}record:\n  path: /var/lib/n\n");
+        let err = NodeConfig::parse(&text, Path::new("node.yaml")).unwrap_err();
+        assert!(err.to_string().contains("signing_key_file"), "{err}");
+        let text = format!("{GOOD}record:\n  pth: /var/lib/n\n");
+        let err = NodeConfig::parse(&text, Path::new("node.yaml")).unwrap_err();
+        assert!(err.to_string().contains("pth"), "{err}");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! this gateway's single upstream is the cluster that destination belongs to.
 //!
 //! Owns: the `redirect` config section, the handle on the agent's pinned lookup maps (opened at
-//! start, re-tried while the agent has not pinned them yet), the routing rule ([`route`]) and
+//! start, re-tried while the agent has not pinned them yet, re-opened when the agent was
+//! reinstalled and pinned new ones), the routing rule ([`route`]) and
 //! the export of the agent's kernel counters as gauges.
 //!
 //! Must never: write the agent's maps; let a failed or missing lookup skip any check of the data
@@ -12,9 +13,12 @@
 //! to a cluster this gateway does not serve.
 
 use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
 
 use prometheus::IntGaugeVec;
 use serde::Deserialize;
@@ -24,6 +28,10 @@ use super::{read_counters, OriginalDestination, OriginalDestinations, RedirectEr
 /// While the agent's maps are missing, every lookup tries to open them again (a failed open is
 /// one path lookup in bpffs); this only spaces out the warnings.
 const MISSING_MAPS_WARNING_INTERVAL: Duration = Duration::from_secs(60);
+
+/// How often a lookup checks that the pinned maps are still the ones it holds open (`node
+/// uninstall` then a new agent pins new maps under the same names).
+const PIN_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// `redirect:` in the gateway config. Absent: the gateway does not look connections up.
 #[derive(Debug, Clone, Deserialize)]
@@ -111,18 +119,57 @@ pub enum LookupError {
 /// The gateway's handle on the agent's maps; one per process, shared by every worker.
 pub struct Redirects {
     config: RedirectConfig,
-    maps: OnceLock<OriginalDestinations>,
+    maps: ArcSwapOption<OpenMaps>,
     last_warning: Mutex<Instant>,
+}
+
+/// Open map handles and which pinned files they came from.
+struct OpenMaps {
+    maps: OriginalDestinations,
+    pinned: Option<(u64, u64)>,
+    checked: Mutex<Instant>,
+}
+
+impl OpenMaps {
+    /// Whether the pin still names the map these handles read, checked at most once per
+    /// [`PIN_CHECK_INTERVAL`].
+    fn still_pinned(&self, pin_dir: &Path) -> bool {
+        let Ok(mut checked) = self.checked.lock() else {
+            return true;
+        };
+        if checked.elapsed() < PIN_CHECK_INTERVAL {
+            return true;
+        }
+        *checked = Instant::now();
+        pinned_identity(pin_dir) == self.pinned
+    }
+}
+
+/// (device, inode) of the pinned connection map: a reinstall pins a new inode.
+fn pinned_identity(pin_dir: &Path) -> Option<(u64, u64)> {
+    let path = pin_dir
+        .join("maps")
+        .join(portcullis_ebpf_common::map_names::ORIG_BY_CONN);
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+fn open_maps(pin_dir: &Path) -> Result<OpenMaps, RedirectError> {
+    let pinned = pinned_identity(pin_dir);
+    Ok(OpenMaps {
+        maps: OriginalDestinations::open(pin_dir)?,
+        pinned,
+        checked: Mutex::new(Instant::now()),
+    })
 }
 
 impl Redirects {
     /// Opens the pinned maps. An agent that has not pinned them yet is not fatal (the two start
     /// in any order on a node): the gateway logs it and tries again on each lookup.
     pub fn open(config: RedirectConfig) -> Self {
-        let maps = OnceLock::new();
-        match OriginalDestinations::open(&config.pin_dir) {
+        let maps = ArcSwapOption::empty();
+        match open_maps(&config.pin_dir) {
             Ok(opened) => {
-                let _ = maps.set(opened);
+                maps.store(Some(Arc::new(opened)));
                 tracing::info!(pin_dir = %config.pin_dir.display(), "node agent maps open: redirected connections are looked up");
             }
             Err(error) => {
@@ -149,7 +196,9 @@ impl Redirects {
         local: SocketAddr,
     ) -> Result<Option<OriginalDestination>, LookupError> {
         let maps = self.maps()?;
-        Ok(maps.lookup_by_cookie_and_addresses(socket_cookie, peer, local)?)
+        Ok(maps
+            .maps
+            .lookup_by_cookie_and_addresses(socket_cookie, peer, local)?)
     }
 
     /// [`route`] with this gateway's `upstream_endpoints`.
@@ -157,18 +206,21 @@ impl Redirects {
         route(original, &self.config.upstream_endpoints)
     }
 
-    fn maps(&self) -> Result<&OriginalDestinations, LookupError> {
-        if let Some(maps) = self.maps.get() {
-            return Ok(maps);
+    fn maps(&self) -> Result<Arc<OpenMaps>, LookupError> {
+        if let Some(maps) = self.maps.load_full() {
+            if maps.still_pinned(&self.config.pin_dir) {
+                return Ok(maps);
+            }
+            tracing::info!(pin_dir = %self.config.pin_dir.display(), "the node agent's maps were re-pinned (agent reinstalled); reopening them");
+            self.maps.store(None);
         }
-        match OriginalDestinations::open(&self.config.pin_dir) {
+        match open_maps(&self.config.pin_dir) {
             Ok(opened) => {
                 tracing::info!(pin_dir = %self.config.pin_dir.display(), "node agent maps open: redirected connections are looked up");
-                // Another worker may have won the race; either handle reads the same maps.
-                let _ = self.maps.set(opened);
-                self.maps
-                    .get()
-                    .ok_or_else(|| LookupError::NotOpen(self.config.pin_dir.clone()))
+                // Another worker may race us here; either handle reads the same maps.
+                let opened = Arc::new(opened);
+                self.maps.store(Some(opened.clone()));
+                Ok(opened)
             }
             Err(error) => {
                 if let Ok(mut last) = self.last_warning.lock() {

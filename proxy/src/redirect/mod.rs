@@ -21,6 +21,7 @@ mod agent;
 pub mod cgroup;
 pub mod config;
 pub mod entries;
+pub mod events;
 pub mod gateway;
 pub mod kube_pods;
 mod lookup;

@@ -10,11 +10,25 @@
 //!                                                      then send "after" and read one line
 //! netprobe [--cgroup DIR] [--netns FILE] raw-udp ADDR  hand-made UDP datagram "raw-ping" on a
 //!                                                      raw IP socket (no connect, no UDP stack)
+//! netprobe ... tfo [--mptcp] [--line L] ADDR           TCP Fast Open: sendto(MSG_FASTOPEN) of the
+//!                                                      line on an unconnected socket (MPTCP with
+//!                                                      --mptcp), read one line
+//! netprobe ... tfo-connect [--line L] ADDR             TCP_FASTOPEN_CONNECT, connect(), write the
+//!                                                      line (it rides in the SYN), read one line
+//! netprobe ... mptcp [--line L] ADDR                   IPPROTO_MPTCP socket, connect, line, reply
+//! netprobe ... tcp-bound [--source IP] [--device DEV] [--line L] ADDR
+//!                                                      bind() the source address and/or
+//!                                                      SO_BINDTODEVICE before connect()
 //! ```
+//!
+//! The socket modes from `tfo` on answer like `tcp` (`ok`, `peer`, `local`, `reply`, or `stage`,
+//! `error`, `errno`) and add `syn_data` (the kernel's TCPI_OPT_SYN_DATA: data in the SYN was
+//! acknowledged), `mptcp` (TCP_IS_MPTCP: the connection really is MPTCP, not a TCP fallback),
+//! and the namespace's `tcp_fastopen` and `mptcp_enabled` sysctls.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -38,10 +52,47 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Action {
-    Tcp { addr: SocketAddr },
-    Udp { addr: SocketAddr },
-    Hold { addr: SocketAddr },
-    RawUdp { addr: SocketAddr },
+    Tcp {
+        addr: SocketAddr,
+    },
+    Udp {
+        addr: SocketAddr,
+    },
+    Hold {
+        addr: SocketAddr,
+    },
+    RawUdp {
+        addr: SocketAddr,
+    },
+    Tfo {
+        addr: SocketAddr,
+        /// An IPPROTO_MPTCP socket instead of TCP.
+        #[arg(long)]
+        mptcp: bool,
+        #[arg(long, default_value = "hello")]
+        line: String,
+    },
+    TfoConnect {
+        addr: SocketAddr,
+        #[arg(long, default_value = "hello")]
+        line: String,
+    },
+    Mptcp {
+        addr: SocketAddr,
+        #[arg(long, default_value = "hello")]
+        line: String,
+    },
+    TcpBound {
+        addr: SocketAddr,
+        /// Local address to bind() before connect() (port 0).
+        #[arg(long)]
+        source: Option<std::net::IpAddr>,
+        /// Interface for SO_BINDTODEVICE before connect().
+        #[arg(long)]
+        device: Option<String>,
+        #[arg(long, default_value = "hello")]
+        line: String,
+    },
 }
 
 fn main() -> Result<()> {
@@ -58,6 +109,15 @@ fn main() -> Result<()> {
         Action::Udp { addr } => udp(addr),
         Action::Hold { addr } => hold(addr),
         Action::RawUdp { addr } => raw_udp(addr),
+        Action::Tfo { addr, mptcp, line } => with_sysctls(tfo_sendto(addr, mptcp, &line)),
+        Action::TfoConnect { addr, line } => with_sysctls(tfo_connect(addr, &line)),
+        Action::Mptcp { addr, line } => with_sysctls(mptcp(addr, &line)),
+        Action::TcpBound {
+            addr,
+            source,
+            device,
+            line,
+        } => with_sysctls(tcp_bound(addr, source, device.as_deref(), &line)),
     };
     println!("{result}");
     Ok(())
@@ -197,4 +257,306 @@ fn raw_udp(addr: SocketAddr) -> serde_json::Value {
         return error_json("send", &std::io::Error::last_os_error());
     }
     json!({"ok": true, "sent": sent})
+}
+
+// Not (all) in the libc crate: include/uapi/linux/tcp.h.
+const TCP_IS_MPTCP: libc::c_int = 43;
+const TCPI_OPT_SYN_DATA: u8 = 32;
+
+/// Adds this network namespace's TCP Fast Open and MPTCP switches (read after setns, so they
+/// are the pod's) to a result.
+fn with_sysctls(mut value: serde_json::Value) -> serde_json::Value {
+    let read = |path: &str| {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+    };
+    value["tcp_fastopen"] = json!(read("/proc/sys/net/ipv4/tcp_fastopen"));
+    value["mptcp_enabled"] = json!(read("/proc/sys/net/mptcp/enabled"));
+    value
+}
+
+/// A blocking stream socket of `addr`'s family; connect() and a fast-open sendto() give up
+/// after IO_TIMEOUT (both wait at most SO_SNDTIMEO, and then fail with EINPROGRESS).
+fn stream_socket(addr: &SocketAddr, protocol: libc::c_int) -> std::io::Result<OwnedFd> {
+    let family = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain socket(2) call; the fd is owned right below.
+    let raw = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, protocol) };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh, valid fd nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let timeout = libc::timeval {
+        tv_sec: IO_TIMEOUT.as_secs() as libc::time_t,
+        tv_usec: 0,
+    };
+    for option in [libc::SO_SNDTIMEO, libc::SO_RCVTIMEO] {
+        setsockopt(&fd, libc::SOL_SOCKET, option, &timeout)?;
+    }
+    Ok(fd)
+}
+
+fn setsockopt<T>(
+    fd: &OwnedFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> std::io::Result<()> {
+    // SAFETY: `value` is valid for reads of size_of::<T>() bytes during the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// `addr` as a C socket address.
+fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain data; all-zero is a valid value.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(v4.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(v6) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: v6.port().to_be(),
+                sin6_flowinfo: v6.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: v6.ip().octets(),
+                },
+                sin6_scope_id: v6.scope_id(),
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+fn connect_fd(fd: &OwnedFd, addr: &SocketAddr) -> std::io::Result<()> {
+    let (storage, len) = sockaddr(addr);
+    // SAFETY: `storage` holds a valid address of `len` bytes.
+    let rc = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            (&storage as *const libc::sockaddr_storage).cast(),
+            len,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn getsockopt_bytes(
+    fd: &OwnedFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    buf: &mut [u8],
+) -> Option<usize> {
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: `buf` is writable for `len` bytes; the kernel writes at most that many.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            buf.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(len as usize)
+}
+
+/// Whether the SYN's data was acknowledged (TCP_INFO's tcpi_options, the sixth byte).
+fn syn_data(fd: &OwnedFd) -> Option<bool> {
+    let mut info = [0u8; 256];
+    let len = getsockopt_bytes(fd, libc::IPPROTO_TCP, libc::TCP_INFO, &mut info)?;
+    (len > 5).then(|| info[5] & TCPI_OPT_SYN_DATA != 0)
+}
+
+/// TCP_IS_MPTCP: 1 on an MPTCP socket that did not fall back to plain TCP.
+fn is_mptcp(fd: &OwnedFd) -> Option<bool> {
+    let mut value = [0u8; 4];
+    let len = getsockopt_bytes(fd, libc::IPPROTO_TCP, TCP_IS_MPTCP, &mut value)?;
+    (len == 4).then(|| i32::from_ne_bytes(value) != 0)
+}
+
+/// Reads the reply line on a connected socket whose line was already sent; the same JSON as
+/// `exchange`, plus `syn_data` and `mptcp`.
+fn reply_of(fd: OwnedFd) -> serde_json::Value {
+    let stream = TcpStream::from(fd);
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let local = stream
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let mut reply = String::new();
+    let read = BufReader::new(&stream).read_line(&mut reply);
+    let fd = OwnedFd::from(stream);
+    let mut value = match read {
+        Ok(0) => json!({"ok": false, "stage": "read", "error": "closed", "peer": peer}),
+        Ok(_) => json!({"ok": true, "peer": peer, "local": local, "reply": reply.trim_end()}),
+        Err(err) => {
+            let mut value = error_json("read", &err);
+            value["peer"] = json!(peer);
+            value
+        }
+    };
+    value["syn_data"] = json!(syn_data(&fd));
+    value["mptcp"] = json!(is_mptcp(&fd));
+    value
+}
+
+/// Writes the line on a connected socket, then `reply_of`.
+fn send_then_reply(fd: OwnedFd, line: &str) -> serde_json::Value {
+    let mut stream = TcpStream::from(fd);
+    if let Err(err) = stream.write_all(format!("{line}\n").as_bytes()) {
+        return error_json("write", &err);
+    }
+    reply_of(OwnedFd::from(stream))
+}
+
+/// TCP Fast Open, the sendto() form: no connect(); the first sendto() with MSG_FASTOPEN and an
+/// address opens the connection, its data in the SYN when the kernel may (client bit of
+/// net.ipv4.tcp_fastopen, and a cookie or the no-cookie bit).
+fn tfo_sendto(addr: SocketAddr, mptcp: bool, line: &str) -> serde_json::Value {
+    let protocol = if mptcp { libc::IPPROTO_MPTCP } else { 0 };
+    let fd = match stream_socket(&addr, protocol) {
+        Ok(fd) => fd,
+        Err(err) => return error_json("socket", &err),
+    };
+    let data = format!("{line}\n");
+    let (storage, len) = sockaddr(&addr);
+    // SAFETY: buffer and address are valid for the call; lengths match them.
+    let sent = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            data.as_ptr().cast(),
+            data.len(),
+            libc::MSG_FASTOPEN,
+            (&storage as *const libc::sockaddr_storage).cast(),
+            len,
+        )
+    };
+    if sent < 0 {
+        return error_json("sendto", &std::io::Error::last_os_error());
+    }
+    // A short write leaves the rest for an ordinary write on the now connected socket.
+    let sent = sent as usize;
+    if sent < data.len() {
+        let mut stream = TcpStream::from(fd);
+        if let Err(err) = stream.write_all(&data.as_bytes()[sent..]) {
+            return error_json("write", &err);
+        }
+        return reply_of(OwnedFd::from(stream));
+    }
+    reply_of(fd)
+}
+
+/// TCP Fast Open, the TCP_FASTOPEN_CONNECT form: connect() returns at once and the SYN leaves
+/// with the first write.
+fn tfo_connect(addr: SocketAddr, line: &str) -> serde_json::Value {
+    let fd = match stream_socket(&addr, 0) {
+        Ok(fd) => fd,
+        Err(err) => return error_json("socket", &err),
+    };
+    if let Err(err) = setsockopt(&fd, libc::IPPROTO_TCP, libc::TCP_FASTOPEN_CONNECT, &1i32) {
+        return error_json("setsockopt", &err);
+    }
+    if let Err(err) = connect_fd(&fd, &addr) {
+        return error_json("connect", &err);
+    }
+    send_then_reply(fd, line)
+}
+
+/// Multipath TCP: the kernel opens the first subflow (a TCP socket of its own) for the
+/// application's socket.
+fn mptcp(addr: SocketAddr, line: &str) -> serde_json::Value {
+    let fd = match stream_socket(&addr, libc::IPPROTO_MPTCP) {
+        Ok(fd) => fd,
+        Err(err) => return error_json("socket", &err),
+    };
+    if let Err(err) = connect_fd(&fd, &addr) {
+        return error_json("connect", &err);
+    }
+    send_then_reply(fd, line)
+}
+
+/// Plain TCP with the source chosen by the caller: a bound local address and/or a bound device.
+fn tcp_bound(
+    addr: SocketAddr,
+    source: Option<std::net::IpAddr>,
+    device: Option<&str>,
+    line: &str,
+) -> serde_json::Value {
+    let fd = match stream_socket(&addr, 0) {
+        Ok(fd) => fd,
+        Err(err) => return error_json("socket", &err),
+    };
+    if let Some(device) = device {
+        // SAFETY: the name's bytes are valid for the call; the kernel copies at most len.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_BINDTODEVICE,
+                device.as_ptr().cast(),
+                device.len() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return error_json("bindtodevice", &std::io::Error::last_os_error());
+        }
+    }
+    if let Some(source) = source {
+        let (storage, len) = sockaddr(&SocketAddr::new(source, 0));
+        // SAFETY: `storage` holds a valid address of `len` bytes.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&storage as *const libc::sockaddr_storage).cast(),
+                len,
+            )
+        };
+        if rc != 0 {
+            return error_json("bind", &std::io::Error::last_os_error());
+        }
+    }
+    if let Err(err) = connect_fd(&fd, &addr) {
+        return error_json("connect", &err);
+    }
+    send_then_reply(fd, line)
 }

@@ -418,3 +418,35 @@ fn a_session_faster_than_the_disk_is_slowed_down_not_cut() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn a_metadata_only_session_is_listed_but_has_no_frames() -> Result<()> {
+    // The most specific allow rule wins: exec in `default` is recorded as metadata only.
+    let policy = format!(
+        "{}    - name: exec-metadata-only\n      subjects: {{users: [\"*\"]}}\n      verbs: [\"create\", \"get\"]\n      resources: [\"pods/exec\"]\n      namespaces: [\"default\"]\n      action: allow\n      record: metadata\n",
+        harness::ALLOW_ALL_POLICY
+    );
+    let mut s = Stack::start_with(&policy)?;
+    let out = s.kubectl_upgrade(&["exec", "web-0", "--", "echo", "not kept"], &[], None)?;
+    ensure!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("not kept"),
+        "exec: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.gateway.terminate(Duration::from_secs(10))?;
+    let sessions = sessions_of(&s)?;
+    let session = session_with(&sessions, |v| v["command"][1] == "not kept")?;
+    ensure!(
+        session["frames_recorded"] == false && session["frames"] == 0 && !session["end"].is_null(),
+        "{session}"
+    );
+    let config = config_path(&s);
+    let id = session["session_id"].as_str().context("session id")?;
+    let (ok, out, err) =
+        portcullis(&["replay", id, "--config", config.to_str().context("utf-8")?])?;
+    ensure!(
+        !ok && out.is_empty() && err.contains("metadata only"),
+        "replay of a metadata-only session: {out} / {err}"
+    );
+    Ok(())
+}

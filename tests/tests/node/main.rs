@@ -16,6 +16,10 @@
 //!  cgroups: <mount>/<base>/pod/app (selected: `pod`), <mount>/<base>/outside
 //! ```
 
+mod bypass_more;
+mod events;
+mod kube_watch;
+
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
@@ -388,6 +392,11 @@ impl Fixture {
     }
 
     fn start_agent(&mut self) -> Result<()> {
+        self.start_agent_with_env(&[])
+    }
+
+    /// `start_agent` with extra environment variables for the agent (e.g. `KUBECONFIG`).
+    fn start_agent_with_env(&mut self, env: &[(&str, &std::ffi::OsStr)]) -> Result<()> {
         ensure!(self.agent.is_none(), "agent already running");
         let log = File::options().create(true).append(true).open(&self.log)?;
         let before = std::fs::read_to_string(&self.log).unwrap_or_default().len();
@@ -396,6 +405,7 @@ impl Fixture {
             .arg(&self.config)
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
@@ -1099,8 +1109,17 @@ fn the_real_gateway_answers_a_redirected_pod_and_audits_the_original_destination
         "{metrics}"
     );
 
+    // Uninstall and a new agent pin new maps under the same names: the running gateway notices
+    // (it re-checks the pins about once a second) and reads the new ones.
+    fx.kill_agent()?;
+    fx.uninstall()?;
+    fx.start_agent()?;
+    std::thread::sleep(Duration::from_millis(1500));
+    let (code, body) = curl_from_pod(&fx, &gateway, &format!("https://203.0.113.10{path}"), &[])?;
+    assert_eq!(code, 200, "{body}");
+
     // The audit log (readable once the gateway has released it) has the original destination
-    // and the pod's cgroup on both requests.
+    // and the pod's cgroup on every request, before and after the reinstall.
     gateway.process.terminate(Duration::from_secs(10))?;
     let out = Command::new(harness::portcullis_bin())
         .args(["audit", "query", "--output", "json", "--config"])
@@ -1117,7 +1136,7 @@ fn the_real_gateway_answers_a_redirected_pod_and_audits_the_original_destination
         .map(serde_json::from_str)
         .collect::<std::result::Result<_, _>>()?;
     let audited: Vec<&Value> = rows.iter().filter(|r| r["path"] == path).collect();
-    assert_eq!(audited.len(), 2, "{rows:#?}");
+    assert_eq!(audited.len(), 3, "{rows:#?}");
     for row in audited {
         assert_eq!(row["original_destination"], ENDPOINT, "{row}");
         assert_eq!(row["client_cgroup_id"], cgroup_id, "{row}");

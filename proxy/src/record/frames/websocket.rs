@@ -105,15 +105,20 @@ impl FrameReader {
                         .min(input.len());
                     let (chunk, rest) = input.split_at(n);
                     input = rest;
-                    self.unmasked.clear();
-                    self.unmasked.extend_from_slice(chunk);
-                    if let Some(key) = mask {
-                        unmask(&mut self.unmasked, key, mask_offset);
-                    }
+                    // Server frames are not masked: their payload is used where it lies.
+                    let payload = match mask {
+                        Some(key) => {
+                            self.unmasked.clear();
+                            self.unmasked.extend_from_slice(chunk);
+                            unmask(&mut self.unmasked, key, mask_offset);
+                            &self.unmasked[..]
+                        }
+                        None => chunk,
+                    };
                     if is_control(opcode) {
-                        self.control.extend_from_slice(&self.unmasked);
+                        self.control.extend_from_slice(payload);
                     } else {
-                        sink.data(&self.unmasked)?;
+                        sink.data(payload)?;
                     }
                     let remaining = remaining - n as u64;
                     self.state = State::Payload {
