@@ -12,7 +12,7 @@ mod logs;
 pub mod objects;
 pub mod patch;
 pub mod protobuf;
-mod query;
+pub mod query;
 pub mod reqlog;
 pub mod resources;
 mod respond;

@@ -97,17 +97,7 @@ fn redirects_rejects_and_drops_are_audited_with_the_pods_identity() -> Result<()
     let counters = portcullis::redirect::read_counters(&fx.pins)?;
 
     let store_arg = store.to_string_lossy().into_owned();
-    let out = portcullis(&["audit", "query", "--store", &store_arg, "--output", "json"])?;
-    ensure!(
-        out.status.success(),
-        "audit query: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rows: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(serde_json::from_str)
-        .collect::<std::result::Result<_, _>>()?;
+    let rows = super::audit_query_json(&["--store".as_ref(), store.as_os_str()])?;
     ensure!(!rows.is_empty(), "no records");
     for row in &rows {
         assert_eq!(row["type"], "node", "only node events here: {row}");

@@ -19,7 +19,7 @@ use anyhow::{ensure, Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use percent_encoding::percent_decode_str;
+use portcullis_tests::double::query::Query;
 use portcullis_tests::double::{DoubleConfig, LogEntry, RunningDouble};
 use portcullis_tests::harness;
 use rustls::pki_types::pem::PemObject;
@@ -199,30 +199,12 @@ async fn send(
     answer
 }
 
-/// Query parameters as the API server reads them (form encoding).
-fn query_pairs(entry: &LogEntry) -> Vec<(String, String)> {
-    let decode = |s: &str| {
-        percent_decode_str(&s.replace('+', " "))
-            .decode_utf8_lossy()
-            .into_owned()
-    };
-    entry
-        .query
-        .as_deref()
-        .unwrap_or_default()
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (decode(k), decode(v))
-        })
-        .collect()
-}
-
+/// Whether the request had `key=value` among its query parameters (decoded as the API server
+/// decodes them: the double's own parser).
 fn has_param(entry: &LogEntry, key: &str, value: &str) -> bool {
-    query_pairs(entry)
-        .iter()
-        .any(|(k, v)| k == key && v == value)
+    Query::parse(entry.query.as_deref())
+        .all(key)
+        .contains(&value)
 }
 
 /// The cgroups the kubelet (systemd driver) and containerd make for a running BestEffort pod

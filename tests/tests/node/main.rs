@@ -1021,6 +1021,25 @@ fn curl_from_pod(
     Ok((code, std::fs::read_to_string(&body).unwrap_or_default()))
 }
 
+/// `portcullis audit query --output json` on a store (`--store DIR` or `--config FILE`): its
+/// rows, or the command's stderr as the error.
+fn audit_query_json(store: &[&std::ffi::OsStr]) -> Result<Vec<Value>> {
+    let out = Command::new(harness::portcullis_bin())
+        .args(["audit", "query", "--output", "json"])
+        .args(store)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "audit query: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(serde_json::from_str)
+        .collect::<std::result::Result<_, _>>()?)
+}
+
 #[test]
 fn the_real_gateway_answers_a_redirected_pod_and_audits_the_original_destination() -> Result<()> {
     let Some(mut fx) = Fixture::new(false)? else {
@@ -1121,20 +1140,7 @@ fn the_real_gateway_answers_a_redirected_pod_and_audits_the_original_destination
     // The audit log (readable once the gateway has released it) has the original destination
     // and the pod's cgroup on every request, before and after the reinstall.
     gateway.process.terminate(Duration::from_secs(10))?;
-    let out = Command::new(harness::portcullis_bin())
-        .args(["audit", "query", "--output", "json", "--config"])
-        .arg(&gateway.config)
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "audit query: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rows: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(serde_json::from_str)
-        .collect::<std::result::Result<_, _>>()?;
+    let rows = audit_query_json(&["--config".as_ref(), gateway.config.as_os_str()])?;
     let audited: Vec<&Value> = rows.iter().filter(|r| r["path"] == path).collect();
     assert_eq!(audited.len(), 3, "{rows:#?}");
     for row in audited {
