@@ -17,6 +17,7 @@
 //! ```
 
 mod bypass_more;
+mod dns;
 mod events;
 mod kube_watch;
 
@@ -397,15 +398,23 @@ impl Fixture {
 
     /// `start_agent` with extra environment variables for the agent (e.g. `KUBECONFIG`).
     fn start_agent_with_env(&mut self, env: &[(&str, &std::ffi::OsStr)]) -> Result<()> {
-        ensure!(self.agent.is_none(), "agent already running");
-        let log = File::options().create(true).append(true).open(&self.log)?;
-        let before = std::fs::read_to_string(&self.log).unwrap_or_default().len();
-        let child = Command::new(harness::portcullis_bin())
+        let mut command = Command::new(harness::portcullis_bin());
+        command
             .args(["node", "run", "--config"])
             .arg(&self.config)
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")
-            .envs(env.iter().copied())
+            .envs(env.iter().copied());
+        self.start_agent_with_command(command)
+    }
+
+    /// `start_agent` through `command`, which must become the agent in its own process (`exec`),
+    /// so that killing the child stops the agent. Output goes to the agent log as usual.
+    fn start_agent_with_command(&mut self, mut command: Command) -> Result<()> {
+        ensure!(self.agent.is_none(), "agent already running");
+        let log = File::options().create(true).append(true).open(&self.log)?;
+        let before = std::fs::read_to_string(&self.log).unwrap_or_default().len();
+        let child = command
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
