@@ -44,8 +44,6 @@ fn entry(i: u64, verb: &str) -> AuditEntry {
         approval_id: None,
         impersonated: None,
         status: None,
-        body: None,
-        body_truncated: false,
         original_destination: None,
         client_cgroup_id: None,
     })

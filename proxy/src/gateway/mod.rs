@@ -87,6 +87,11 @@ pub struct RequestCtx {
     upstream_token: Option<Arc<str>>,
     /// Where the node agent redirected this connection from, when it did.
     original: Option<OriginalDestination>,
+    /// The body of a create/update/patch as it passes, for the completion entry.
+    request_body: Option<audit::BodyCapture>,
+    /// The profile that masks that body: the request's profile (even where its responses need
+    /// none), the default one when the policy says `none`; never unmasked.
+    body_profile: Option<Arc<MaskProfile>>,
 }
 
 /// A session that cannot be decoded or recorded ends; the client sees the connection close.
@@ -156,6 +161,7 @@ impl Gateway {
                 return Ok(false);
             }
         };
+        let mut body_profile = None;
         if let MaskChoice::Profile(name) = &obligations.mask {
             let Some(profile) = self.masker.profile(name) else {
                 tracing::error!(session = %ctx.session_id, profile = %name, "the policy names a mask profile that does not exist");
@@ -167,11 +173,17 @@ impl Gateway {
                 return Ok(false);
             };
             if profile.applies_to(info) {
-                ctx.mask = Some(profile);
+                ctx.mask = Some(profile.clone());
             }
+            body_profile = Some(profile);
         }
         ctx.record_level = obligations.record;
         if let Some(recorder) = &self.recorder {
+            if audit::wants_request_body(info) {
+                ctx.request_body = Some(audit::BodyCapture::new(recorder.max_body_bytes()));
+                ctx.body_profile =
+                    Some(body_profile.unwrap_or_else(|| self.masker.default_profile()));
+            }
             let entry = audit::request_entry(decided(true, None, rule, None));
             let appended = if audit::needs_durable_record(info) {
                 recorder.append_durable(entry).await
@@ -392,6 +404,8 @@ impl ProxyHttp for Gateway {
             response_bytes: 0,
             upstream_token: None,
             original: None,
+            request_body: None,
+            body_profile: None,
         }
     }
 
@@ -460,6 +474,9 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         if let Some(chunk) = body.as_ref() {
             ctx.request_bytes += chunk.len() as u64;
+            if let Some(capture) = ctx.request_body.as_mut() {
+                capture.push(chunk);
+            }
             if let Some(recording) = ctx.session.as_mut() {
                 recording
                     .observe(Direction::ClientToServer, chunk)
@@ -737,6 +754,20 @@ impl ProxyHttp for Gateway {
             recording.finish(e.map(|e| e.etype().as_str().to_string()));
         }
         if let (Some(recorder), Some(request_seq)) = (&self.recorder, ctx.audit_seq) {
+            let body = match (&ctx.request_body, &ctx.body_profile, &ctx.info) {
+                (Some(capture), Some(profile), Some(info)) => {
+                    let headers = &session.req_header().headers;
+                    let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
+                    audit::recorded_body(
+                        info,
+                        header(http::header::CONTENT_TYPE),
+                        header(http::header::CONTENT_ENCODING),
+                        capture,
+                        profile,
+                    )
+                }
+                _ => audit::RecordedBody::default(),
+            };
             let entry = audit::completion_entry(audit::Finished {
                 id: &ctx.session_id,
                 request_seq,
@@ -745,6 +776,7 @@ impl ProxyHttp for Gateway {
                 request_bytes: ctx.request_bytes,
                 response_bytes: ctx.response_bytes,
                 error: e.map(|e| e.etype().as_str().to_string()),
+                body,
             });
             if let Err(err) = recorder.append(entry) {
                 tracing::error!(session = %ctx.session_id, error = %err, "cannot append the completion audit record");

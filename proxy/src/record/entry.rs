@@ -15,7 +15,8 @@ use crate::identity::Identity;
 /// in every record so a later build can pick the decoder.
 ///
 /// 2: request entries carry the node agent's original destination and client cgroup; node
-/// events; session frames moved from a sled tree to per-session files (`frame_files`).
+/// events; session frames moved from a sled tree to per-session files (`frame_files`); the
+/// masked request body moved from request to completion entries.
 pub const SCHEMA_VERSION: u16 = 2;
 
 /// SHA-256 digest.
@@ -130,10 +131,6 @@ pub struct RequestEntry {
     pub impersonated: Option<ImpersonatedIdentity>,
     /// The status the gateway answered itself (denied requests); `None` when forwarded.
     pub status: Option<u16>,
-    /// The request body of a mutating verb, already masked by the caller. Cut to
-    /// `record.max_body_bytes`, `body_truncated` then set.
-    pub body: Option<Vec<u8>>,
-    pub body_truncated: bool,
     /// The `ip:port` the client dialled when the node agent redirected its connection to the
     /// gateway (the protected API endpoint); `None` when it dialled the gateway itself.
     pub original_destination: Option<String>,
@@ -156,6 +153,16 @@ pub struct CompletionEntry {
     pub request_bytes: u64,
     pub response_bytes: u64,
     pub error: Option<String>,
+    /// The request body of a create/update/patch, masked like a response object by the
+    /// gateway before it gets here (never a secret value); `None` when there was none or it was
+    /// not kept (`body_omitted` says why). The recorder cuts it to `record.max_body_bytes`.
+    #[serde(with = "serde_bytes")]
+    pub body: Option<Vec<u8>>,
+    /// The body was longer than `record.max_body_bytes`.
+    pub body_truncated: bool,
+    /// Why a request body was not kept (too large, not JSON, a patch the mask profile cannot
+    /// mask, ...).
+    pub body_omitted: Option<String>,
 }
 
 /// What the node agent's eBPF programs did to a selected pod's traffic.
@@ -387,8 +394,6 @@ pub(crate) mod tests {
                 extra: vec![],
             }),
             status: None,
-            body: None,
-            body_truncated: false,
             original_destination: None,
             client_cgroup_id: None,
         }
@@ -456,6 +461,42 @@ pub(crate) mod tests {
         let back: ChainEntry = decode(&bytes).unwrap();
         assert_eq!(back, ChainEntry::Audit(AuditEntry::Node(node)));
         assert_eq!(back.time_ns(), 1_700_000_001_000_000_000);
+    }
+
+    #[test]
+    fn completion_bodies_round_trip_as_bytes() {
+        let completion = CompletionEntry {
+            id: "c".into(),
+            time_ns: 1,
+            node: "n".into(),
+            request_seq: 3,
+            status: Some(201),
+            latency_us: 4,
+            request_bytes: 5,
+            response_bytes: 6,
+            error: None,
+            body: Some(b"{\"data\":{}}".to_vec()),
+            body_truncated: false,
+            body_omitted: None,
+        };
+        let bytes = encode(&ChainEntry::Audit(AuditEntry::Completion(
+            completion.clone(),
+        )))
+        .unwrap();
+        // serde_bytes: one length prefix, then the bytes as they are.
+        let expected: &[u8] = b"\x0b{\"data\":{}}";
+        assert!(bytes.windows(expected.len()).any(|w| w == expected));
+        let omitted = CompletionEntry {
+            body: None,
+            body_omitted: Some("larger than record.max_body_bytes".into()),
+            body_truncated: true,
+            ..completion.clone()
+        };
+        for entry in [completion, omitted] {
+            let bytes = encode(&ChainEntry::Audit(AuditEntry::Completion(entry.clone()))).unwrap();
+            let back: ChainEntry = decode(&bytes).unwrap();
+            assert_eq!(back, ChainEntry::Audit(AuditEntry::Completion(entry)));
+        }
     }
 
     #[test]

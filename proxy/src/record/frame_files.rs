@@ -111,7 +111,7 @@ pub struct FrameFiles {
 
 #[derive(Default)]
 struct State {
-    /// Sessions being written. Unbuffered: each frame is one `write(2)`, so a killed process
+    /// Sessions being written. Unbuffered: each frame is one `writev(2)`, so a killed process
     /// loses no frame that reached the writer thread.
     open: HashMap<u64, File>,
     /// Files written since the last sync (handles shared with `open`, or of closed sessions).

@@ -72,7 +72,8 @@ pub struct RecordConfig {
     pub checkpoint_every_records: u64,
     /// ...or this many seconds after the last one, whichever first (if anything was appended).
     pub checkpoint_every_seconds: u64,
-    /// Request bodies longer than this are cut (and marked truncated).
+    /// The gateway keeps no request body longer than this (omitted, marked truncated); a kept,
+    /// masked body that grew past it is cut (and marked truncated).
     pub max_body_bytes: usize,
     /// Per-session bound of frame bytes queued for the disk.
     pub session_queue_max_bytes: usize,
@@ -562,16 +563,16 @@ impl Recorder {
                 if r.node.is_empty() {
                     r.node.clone_from(&shared.node);
                 }
-                if let Some(body) = &mut r.body {
-                    if body.len() > shared.max_body_bytes {
-                        body.truncate(shared.max_body_bytes);
-                        r.body_truncated = true;
-                    }
-                }
             }
             AuditEntry::Completion(c) => {
                 if c.node.is_empty() {
                     c.node.clone_from(&shared.node);
+                }
+                if let Some(body) = &mut c.body {
+                    if body.len() > shared.max_body_bytes {
+                        body.truncate(shared.max_body_bytes);
+                        c.body_truncated = true;
+                    }
                 }
             }
             AuditEntry::Node(n) => {
@@ -671,6 +672,11 @@ impl Recorder {
     /// The next audit seq (= number of records ever appended on this node).
     pub fn next_seq(&self) -> u64 {
         lock(&self.inner.shared.chain).next_seq
+    }
+
+    /// `record.max_body_bytes`: how much of a request body the gateway collects.
+    pub fn max_body_bytes(&self) -> usize {
+        self.inner.shared.max_body_bytes
     }
 
     pub fn store(&self) -> Arc<dyn Store> {

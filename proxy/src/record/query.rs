@@ -219,9 +219,9 @@ pub fn parse_time(text: &str) -> Option<u64> {
 
 fn body_json(body: &[u8]) -> (&'static str, Value) {
     match std::str::from_utf8(body) {
-        Ok(s) => ("body", Value::String(s.to_owned())),
+        Ok(s) => ("request_body", Value::String(s.to_owned())),
         Err(_) => (
-            "body_base64",
+            "request_body_base64",
             Value::String(base64::engine::general_purpose::STANDARD.encode(body)),
         ),
     }
@@ -259,11 +259,6 @@ pub fn row_json(row: &AuditRow) -> Value {
         "original_destination": r.original_destination,
         "client_cgroup_id": r.client_cgroup_id,
     });
-    if let Some(body) = &r.body {
-        let (key, value) = body_json(body);
-        v[key] = value;
-        v["body_truncated"] = Value::Bool(r.body_truncated);
-    }
     if let Some((seq, c)) = &row.completion {
         v["completion_seq"] = json!(seq);
         v["status"] = json!(c.status);
@@ -272,6 +267,16 @@ pub fn row_json(row: &AuditRow) -> Value {
         v["response_bytes"] = json!(c.response_bytes);
         if let Some(e) = &c.error {
             v["error"] = json!(e);
+        }
+        if let Some(body) = &c.body {
+            let (key, value) = body_json(body);
+            v[key] = value;
+        }
+        if c.body.is_some() || c.body_truncated {
+            v["request_body_truncated"] = Value::Bool(c.body_truncated);
+        }
+        if let Some(why) = &c.body_omitted {
+            v["request_body_omitted"] = json!(why);
         }
     }
     v
@@ -562,6 +567,9 @@ mod tests {
                 request_bytes: 1,
                 response_bytes: 2,
                 error: None,
+                body: None,
+                body_truncated: false,
+                body_omitted: None,
             }))
             .unwrap();
         let mut unknown = sample_node_event(NodeEventKind::Drop, "x");

@@ -735,7 +735,6 @@ async fn bodies_are_cut_to_the_limit_and_query_filters() {
     cfg.max_body_bytes = 4;
     let recorder = Recorder::open(&cfg, metrics()).unwrap();
     let mut r = sample_request("alice", "create", "prod");
-    r.body = Some(b"{\"kind\":\"Pod\"}".to_vec());
     r.original_destination = Some("203.0.113.10:443".into());
     r.client_cgroup_id = Some(4242);
     let seq = recorder
@@ -753,6 +752,9 @@ async fn bodies_are_cut_to_the_limit_and_query_filters() {
             request_bytes: 14,
             response_bytes: 300,
             error: None,
+            body: Some(b"{\"kind\":\"Pod\"}".to_vec()),
+            body_truncated: false,
+            body_omitted: None,
         }))
         .unwrap();
     let mut denied = sample_request("bob", "delete", "kube-system");
@@ -765,13 +767,16 @@ async fn bodies_are_cut_to_the_limit_and_query_filters() {
     let all = query(store.as_ref(), &AuditFilter::default()).unwrap();
     assert_eq!(all.len(), 3, "completions join their request");
     let first = &all[0];
-    assert_eq!(first.request.body.as_deref(), Some(&b"{\"ki"[..]));
-    assert!(first.request.body_truncated);
-    assert_eq!(first.completion.as_ref().unwrap().1.status, Some(201));
+    let completion = &first.completion.as_ref().unwrap().1;
+    assert_eq!(completion.body.as_deref(), Some(&b"{\"ki"[..]));
+    assert!(completion.body_truncated);
+    assert_eq!(completion.status, Some(201));
     let json = query::row_json(first);
     assert_eq!(json["status"], 201);
     assert_eq!(json["user"], "alice");
-    assert_eq!(json["body"], "{\"ki");
+    assert_eq!(json["request_body"], "{\"ki");
+    assert_eq!(json["request_body_truncated"], true);
+    assert!(json["request_body_omitted"].is_null());
     assert_eq!(json["original_destination"], "203.0.113.10:443");
     assert_eq!(json["client_cgroup_id"], 4242);
     assert!(
