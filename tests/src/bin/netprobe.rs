@@ -149,21 +149,26 @@ fn tcp(addr: SocketAddr, line: &str) -> serde_json::Value {
     exchange(stream, line)
 }
 
+/// The connection's (peer, local) addresses as text; empty when unknown.
+fn addresses(stream: &TcpStream) -> (String, String) {
+    let text =
+        |a: std::io::Result<std::net::SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
+    (text(stream.peer_addr()), text(stream.local_addr()))
+}
+
 fn exchange(mut stream: TcpStream, line: &str) -> serde_json::Value {
-    let peer = stream
-        .peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    let local = stream
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
     let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
     if let Err(err) = stream.write_all(format!("{line}\n").as_bytes()) {
         return error_json("write", &err);
     }
+    read_reply(&stream)
+}
+
+/// Reads one reply line: `{ok, peer, local, reply}`, or where it failed.
+fn read_reply(stream: &TcpStream) -> serde_json::Value {
+    let (peer, local) = addresses(stream);
     let mut reply = String::new();
-    match BufReader::new(&stream).read_line(&mut reply) {
+    match BufReader::new(stream).read_line(&mut reply) {
         Ok(0) => json!({"ok": false, "stage": "read", "error": "closed", "peer": peer}),
         Ok(_) => json!({"ok": true, "peer": peer, "local": local, "reply": reply.trim_end()}),
         Err(err) => {
@@ -415,26 +420,8 @@ fn is_mptcp(fd: &OwnedFd) -> Option<bool> {
 /// `exchange`, plus `syn_data` and `mptcp`.
 fn reply_of(fd: OwnedFd) -> serde_json::Value {
     let stream = TcpStream::from(fd);
-    let peer = stream
-        .peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    let local = stream
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    let mut reply = String::new();
-    let read = BufReader::new(&stream).read_line(&mut reply);
+    let mut value = read_reply(&stream);
     let fd = OwnedFd::from(stream);
-    let mut value = match read {
-        Ok(0) => json!({"ok": false, "stage": "read", "error": "closed", "peer": peer}),
-        Ok(_) => json!({"ok": true, "peer": peer, "local": local, "reply": reply.trim_end()}),
-        Err(err) => {
-            let mut value = error_json("read", &err);
-            value["peer"] = json!(peer);
-            value
-        }
-    };
     value["syn_data"] = json!(syn_data(&fd));
     value["mptcp"] = json!(is_mptcp(&fd));
     value
