@@ -380,11 +380,18 @@ struct Inner {
     sessions: Arc<SessionContext>,
     flusher: Mutex<Option<std::thread::JoinHandle<()>>>,
     session_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Dropping the sender wakes the retention thread, which then ends; joined on drop so the
+    /// store is closed when the recorder is gone (a pass holds the store open while it runs).
+    retention: Mutex<Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Release);
+        if let Some((wake, handle)) = lock(&self.retention).take() {
+            drop(wake);
+            let _ = handle.join();
+        }
         self.shared.request_flush();
         if let Some(handle) = lock(&self.flusher).take() {
             // The flusher's last round writes a checkpoint and flushes: a clean stop leaves a
@@ -539,19 +546,24 @@ impl Recorder {
                 .spawn(move || shared.run_flusher())
                 .map_err(spawn_err)?
         };
-        if shared.retention.enabled() {
+        let retention = if shared.retention.enabled() {
             let weak = Arc::downgrade(&shared);
-            std::thread::Builder::new()
+            let (wake, stop) = std::sync::mpsc::channel();
+            let handle = std::thread::Builder::new()
                 .name("record-retention".into())
-                .spawn(move || retention::run_thread(weak))
+                .spawn(move || retention::run_thread(weak, stop))
                 .map_err(spawn_err)?;
-        }
+            Some((wake, handle))
+        } else {
+            None
+        };
         Ok(Recorder {
             inner: Arc::new(Inner {
                 shared,
                 sessions,
                 flusher: Mutex::new(Some(flusher)),
                 session_thread: Mutex::new(Some(session_thread)),
+                retention: Mutex::new(retention),
             }),
         })
     }

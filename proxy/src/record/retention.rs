@@ -25,10 +25,15 @@ pub struct RetentionReport {
 const NANOS_PER_DAY: u64 = 86_400 * 1_000_000_000;
 const META_FIRST_KEPT: &[u8] = b"retention_first_kept";
 
-pub(super) fn run_thread(shared: Weak<Shared>) {
+/// Runs retention every `retention.interval_seconds` until `stop`'s sender is dropped.
+pub(super) fn run_thread(shared: Weak<Shared>, stop: std::sync::mpsc::Receiver<()>) {
     let mut next = Instant::now();
     loop {
-        std::thread::sleep(Duration::from_millis(500));
+        match stop.recv_timeout(Duration::from_millis(500)) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            // The recorder is being dropped (or sent a stop).
+            Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+        }
         let Some(shared) = shared.upgrade() else {
             return;
         };
