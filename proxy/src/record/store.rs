@@ -103,6 +103,9 @@ pub fn key_seq(key: &[u8]) -> Option<u64> {
         .map(u64::from_be_bytes)
 }
 
+/// How long [`SledStore::open`] waits for a store's lock held by this or another process.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// sled 0.34: one database directory, one sled tree per [`Tree`]; session frames in
 /// [`FrameFiles`] under the same directory.
 ///
@@ -129,21 +132,34 @@ impl SledStore {
         };
         // sled's own periodic flush is off: the recorder's flusher decides when to fsync, so the
         // loss window is the one the config states.
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(path)
             .cache_capacity(cache_bytes)
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| {
-                let message = e.to_string();
-                if message.contains("lock") || message.contains("WouldBlock") {
-                    open_err(format!(
-                        "{message} (is a gateway running on it? stop it or work on a copy of the directory)"
-                    ))
-                } else {
-                    open_err(message)
+            .flush_every_ms(None);
+        // sled releases its directory lock only when its I/O threads have let go of the last
+        // reference, a moment after the `Db` of a store closed in this process is dropped: wait
+        // a bounded time for that before calling the store busy.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(e) => {
+                    let message = e.to_string();
+                    let locked = message.contains("lock") || message.contains("WouldBlock");
+                    if locked && std::time::Instant::now() < deadline {
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                        continue;
+                    }
+                    return Err(if locked {
+                        open_err(format!(
+                            "{message} (is a gateway running on it? stop it or work on a copy of the directory)"
+                        ))
+                    } else {
+                        open_err(message)
+                    });
                 }
-            })?;
+            }
+        };
         let trees = Tree::ALL
             .iter()
             .map(|t| db.open_tree(t.name()))
