@@ -34,6 +34,24 @@ pub fn portcullis_bin() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target/debug/portcullis"))
 }
 
+/// Runs the `portcullis` under test with `args` (its CLI: `audit`, `sessions`, `replay`, ...).
+pub fn run_portcullis<S: AsRef<std::ffi::OsStr>>(
+    args: &[S],
+) -> anyhow::Result<std::process::Output> {
+    Command::new(portcullis_bin())
+        .args(args)
+        .output()
+        .context("run portcullis (PORTCULLIS_BIN)")
+}
+
+/// JSON lines (what `--output json` prints): one value per non-empty line.
+pub fn json_lines(text: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).with_context(|| format!("not JSON: {l}")))
+        .collect()
+}
+
 /// A peer binary from `cargo xtask peers`: the env var if set, else the default location.
 pub fn peer(env: &str, default_relative: &str) -> anyhow::Result<PathBuf> {
     let path = std::env::var_os(env)

@@ -15,6 +15,7 @@
 use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -127,20 +128,30 @@ pub struct Redirects {
 struct OpenMaps {
     maps: OriginalDestinations,
     pinned: Option<(u64, u64)>,
-    checked: Mutex<Instant>,
+    opened: Instant,
+    /// Milliseconds after `opened` of the last check: an atomic, not a lock, because every
+    /// request's lookup reads it.
+    checked_ms: AtomicU64,
 }
 
 impl OpenMaps {
     /// Whether the pin still names the map these handles read, checked at most once per
     /// [`PIN_CHECK_INTERVAL`].
     fn still_pinned(&self, pin_dir: &Path) -> bool {
-        let Ok(mut checked) = self.checked.lock() else {
-            return true;
-        };
-        if checked.elapsed() < PIN_CHECK_INTERVAL {
+        let now = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let last = self.checked_ms.load(Ordering::Relaxed);
+        let interval = u64::try_from(PIN_CHECK_INTERVAL.as_millis()).unwrap_or(u64::MAX);
+        if now.saturating_sub(last) < interval {
             return true;
         }
-        *checked = Instant::now();
+        // One worker checks; the others go on with the handles they have.
+        if self
+            .checked_ms
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return true;
+        }
         pinned_identity(pin_dir) == self.pinned
     }
 }
@@ -158,7 +169,8 @@ fn open_maps(pin_dir: &Path) -> Result<OpenMaps, RedirectError> {
     Ok(OpenMaps {
         maps: OriginalDestinations::open(pin_dir)?,
         pinned,
-        checked: Mutex::new(Instant::now()),
+        opened: Instant::now(),
+        checked_ms: AtomicU64::new(0),
     })
 }
 

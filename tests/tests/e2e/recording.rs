@@ -16,9 +16,7 @@ use super::{interactive_exec, Stack};
 
 /// Runs `portcullis <args>`; returns (success, stdout, stderr).
 fn portcullis(args: &[&str]) -> Result<(bool, String, String)> {
-    let out: Output = Command::new(harness::portcullis_bin())
-        .args(args)
-        .output()?;
+    let out: Output = harness::run_portcullis(args)?;
     Ok((
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -26,12 +24,7 @@ fn portcullis(args: &[&str]) -> Result<(bool, String, String)> {
     ))
 }
 
-fn json_lines(text: &str) -> Result<Vec<Value>> {
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).with_context(|| format!("not JSON: {l}")))
-        .collect()
-}
+use harness::json_lines;
 
 fn config_path(s: &Stack) -> PathBuf {
     s.dir.path().join("portcullis.yaml")

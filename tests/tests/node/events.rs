@@ -43,13 +43,6 @@ fn terminate_agent(fx: &mut Fixture) -> Result<()> {
     }
 }
 
-fn portcullis(args: &[&str]) -> Result<std::process::Output> {
-    Command::new(harness::portcullis_bin())
-        .args(args)
-        .output()
-        .context("run portcullis")
-}
-
 #[test]
 fn redirects_rejects_and_drops_are_audited_with_the_pods_identity() -> Result<()> {
     let Some(mut fx) = Fixture::new(false)? else {
@@ -148,7 +141,7 @@ fn redirects_rejects_and_drops_are_audited_with_the_pods_identity() -> Result<()
     );
 
     // Filters: the pod's namespace selects its events, a user filter none of them.
-    let table = portcullis(&[
+    let table = harness::run_portcullis(&[
         "audit",
         "query",
         "--store",
@@ -166,7 +159,7 @@ fn redirects_rejects_and_drops_are_audited_with_the_pods_identity() -> Result<()
         )),
         "{text}"
     );
-    let by_user = portcullis(&[
+    let by_user = harness::run_portcullis(&[
         "audit", "query", "--store", &store_arg, "--user", "alice", "--output", "json",
     ])?;
     assert!(by_user.status.success());
@@ -177,7 +170,8 @@ fn redirects_rejects_and_drops_are_audited_with_the_pods_identity() -> Result<()
 
     // The chain and its signed checkpoint (written at shutdown) verify with the agent's key.
     let key_arg = key.to_string_lossy().into_owned();
-    let out = portcullis(&["audit", "verify", "--store", &store_arg, "--key", &key_arg])?;
+    let out =
+        harness::run_portcullis(&["audit", "verify", "--store", &store_arg, "--key", &key_arg])?;
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -1033,20 +1033,18 @@ fn curl_from_pod(
 /// `portcullis audit query --output json` on a store (`--store DIR` or `--config FILE`): its
 /// rows, or the command's stderr as the error.
 fn audit_query_json(store: &[&std::ffi::OsStr]) -> Result<Vec<Value>> {
-    let out = Command::new(harness::portcullis_bin())
-        .args(["audit", "query", "--output", "json"])
-        .args(store)
-        .output()?;
+    let mut args: Vec<&std::ffi::OsStr> = ["audit", "query", "--output", "json"]
+        .iter()
+        .map(|a| a.as_ref())
+        .collect();
+    args.extend_from_slice(store);
+    let out = harness::run_portcullis(&args)?;
     ensure!(
         out.status.success(),
         "audit query: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(serde_json::from_str)
-        .collect::<std::result::Result<_, _>>()?)
+    harness::json_lines(&String::from_utf8_lossy(&out.stdout))
 }
 
 #[test]
