@@ -8,9 +8,13 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use crate::classify::RequestInfo;
 use crate::identity::Identity;
-use crate::record::frames::{Channel, Direction, SessionDecoder, StreamEvent, StreamProtocol};
+use crate::record::frames::{
+    Channel, Direction, EventSink, SessionDecoder, StreamEvent, StreamProtocol,
+};
 use crate::record::{
     AuditIdentity, FrameKind, RecordError, Recorder, SessionKind, SessionMeta, SessionProtocol,
     SessionWriter,
@@ -110,31 +114,38 @@ impl SessionRecording {
         })
     }
 
-    /// Decodes and records bytes one peer sent. An error ends the session: the caller must not
-    /// pass these bytes on.
-    pub fn observe(&mut self, dir: Direction, bytes: &[u8]) -> Result<(), RecordingError> {
+    /// Decodes and records a chunk one peer sent. An error ends the session: the caller must not
+    /// pass this chunk on (and none of it is recorded).
+    pub fn observe(&mut self, dir: Direction, chunk: &Bytes) -> Result<(), RecordingError> {
         let Some(decoder) = self.decoder.as_mut() else {
             return Ok(());
         };
-        if bytes.is_empty() {
+        if chunk.is_empty() {
             return Ok(());
         }
-        let events = match decoder.push(dir, bytes) {
-            Ok(events) => events,
-            Err(e) => {
-                let peer = match dir {
-                    Direction::ClientToServer => "client",
-                    Direction::ServerToClient => "server",
-                };
-                self.failure = Some(format!("undecodable {peer} stream: {e}"));
-                return Err(RecordingError::Decode(peer, e));
-            }
-        };
+        let mut found = ChunkEvents::new(chunk);
+        if let Err(e) = decoder.push_into(dir, chunk, &mut found) {
+            let peer = match dir {
+                Direction::ClientToServer => "client",
+                Direction::ServerToClient => "server",
+            };
+            self.failure = Some(format!("undecodable {peer} stream: {e}"));
+            return Err(RecordingError::Decode(peer, e));
+        }
         let Some(writer) = &self.writer else {
             return Err(RecordError::SessionClosed.into());
         };
-        for event in events {
-            if let Err(e) = record_event(writer, event, &mut self.exit_code) {
+        for found in found.into_found() {
+            let result = match found {
+                Found::Data { channel, parts } => writer.frame_parts(
+                    frame_kind(channel),
+                    parts.into_iter().map(Part::into_bytes).collect(),
+                ),
+                Found::Others(events) => events
+                    .into_iter()
+                    .try_for_each(|event| record_event(writer, event, &mut self.exit_code)),
+            };
+            if let Err(e) = result {
                 self.failure = Some(e.to_string());
                 return Err(e.into());
             }
@@ -187,16 +198,7 @@ fn record_event(
     exit_code: &mut Option<i32>,
 ) -> Result<(), RecordError> {
     match event {
-        StreamEvent::Data { channel, bytes } => {
-            let kind = match channel {
-                Channel::Stdin => FrameKind::Stdin,
-                Channel::Stdout => FrameKind::Stdout,
-                Channel::Stderr => FrameKind::Stderr,
-                Channel::Error => FrameKind::Status,
-                Channel::Resize => FrameKind::Resize,
-            };
-            writer.frame(kind, &bytes)
-        }
+        StreamEvent::Data { channel, bytes } => writer.frame(frame_kind(channel), &bytes),
         StreamEvent::Resize { width, height } => {
             let json = format!("{{\"Width\":{width},\"Height\":{height}}}");
             writer.frame(FrameKind::Resize, json.as_bytes())
@@ -245,6 +247,125 @@ fn record_event(
             &[],
         ),
         StreamEvent::ChannelClosed { .. } | StreamEvent::Closed { .. } => Ok(()),
+    }
+}
+
+fn frame_kind(channel: Channel) -> FrameKind {
+    match channel {
+        Channel::Stdin => FrameKind::Stdin,
+        Channel::Stdout => FrameKind::Stdout,
+        Channel::Stderr => FrameKind::Stderr,
+        Channel::Error => FrameKind::Status,
+        Channel::Resize => FrameKind::Resize,
+    }
+}
+
+/// What the decoder found in one chunk, in wire order, held until the whole chunk decoded.
+/// Channel data stays in the chunk's own buffer where it lies there (server frames are not
+/// masked): recording then costs no copy of the stream, only the write to disk.
+struct ChunkEvents<'a> {
+    chunk: &'a Bytes,
+    found: Vec<Found>,
+    /// Other events since the last data, merged by `Vec<StreamEvent>`'s sink.
+    others: Vec<StreamEvent>,
+}
+
+enum Found {
+    /// One run of data on a channel.
+    Data {
+        channel: Channel,
+        parts: Vec<Part>,
+    },
+    Others(Vec<StreamEvent>),
+}
+
+enum Part {
+    /// A slice of the chunk.
+    Shared(Bytes),
+    /// Small pieces copied together.
+    Copied(Vec<u8>),
+}
+
+impl Part {
+    fn into_bytes(self) -> Bytes {
+        match self {
+            Part::Shared(bytes) => bytes,
+            Part::Copied(bytes) => Bytes::from(bytes),
+        }
+    }
+}
+
+/// `data` as a slice of `chunk`, if it lies within it and is big enough to be worth holding
+/// the chunk for: the queue's byte budget counts slices, so a slice must be at least a quarter
+/// of its chunk to keep the memory the queue really holds within 4x the budget.
+fn share(chunk: &Bytes, data: &[u8]) -> Option<Bytes> {
+    let start = (data.as_ptr() as usize).checked_sub(chunk.as_ptr() as usize)?;
+    let end = start.checked_add(data.len())?;
+    (end <= chunk.len() && data.len().saturating_mul(4) >= chunk.len())
+        .then(|| chunk.slice(start..end))
+}
+
+impl<'a> ChunkEvents<'a> {
+    fn new(chunk: &'a Bytes) -> Self {
+        Self {
+            chunk,
+            found: Vec::new(),
+            others: Vec::new(),
+        }
+    }
+
+    fn end_others(&mut self) {
+        if !self.others.is_empty() {
+            self.found
+                .push(Found::Others(std::mem::take(&mut self.others)));
+        }
+    }
+
+    fn into_found(mut self) -> Vec<Found> {
+        self.end_others();
+        self.found
+    }
+}
+
+impl EventSink for ChunkEvents<'_> {
+    fn data(&mut self, channel: Channel, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        self.end_others();
+        let part = match share(self.chunk, data) {
+            Some(slice) => Part::Shared(slice),
+            None => Part::Copied(data.to_vec()),
+        };
+        match self.found.last_mut() {
+            Some(Found::Data {
+                channel: last,
+                parts,
+            }) if *last == channel => match (part, parts.last_mut()) {
+                (Part::Copied(more), Some(Part::Copied(copied))) => copied.extend_from_slice(&more),
+                (part, _) => parts.push(part),
+            },
+            _ => self.found.push(Found::Data {
+                channel,
+                parts: vec![part],
+            }),
+        }
+    }
+
+    fn port_forward(
+        &mut self,
+        port: u16,
+        request_id: Option<&str>,
+        dir: Direction,
+        data: &[u8],
+        capture: bool,
+    ) {
+        self.others
+            .port_forward(port, request_id, dir, data, capture);
+    }
+
+    fn push(&mut self, event: StreamEvent) {
+        EventSink::push(&mut self.others, event);
     }
 }
 
@@ -315,5 +436,138 @@ mod tests {
         assert_eq!(meta.kind, SessionKind::PortForward);
         assert_eq!(meta.ports, [5432, 8080]);
         assert!(!meta.tty);
+    }
+
+    /// An unmasked server frame: FIN, binary.
+    fn server_frame(payload: &[u8]) -> Vec<u8> {
+        let mut frame = vec![0x82];
+        match payload.len() {
+            len @ 0..=125 => frame.push(len as u8),
+            len @ 126..=0xffff => {
+                frame.push(126);
+                frame.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            len => {
+                frame.push(127);
+                frame.extend_from_slice(&(len as u64).to_be_bytes());
+            }
+        }
+        frame.extend_from_slice(payload);
+        frame
+    }
+
+    fn channel(index: u8, data: &[u8]) -> Vec<u8> {
+        let mut message = vec![index];
+        message.extend_from_slice(data);
+        server_frame(&message)
+    }
+
+    #[test]
+    fn only_big_slices_inside_the_chunk_are_shared() {
+        let chunk = Bytes::from((0..=255u8).cycle().take(4000).collect::<Vec<_>>());
+        let shared = share(&chunk, &chunk[100..1100]).unwrap();
+        assert_eq!(&shared[..], &chunk[100..1100]);
+        assert_eq!(
+            shared.as_ptr(),
+            chunk[100..].as_ptr(),
+            "a slice, not a copy"
+        );
+        assert!(share(&chunk, &chunk[100..999]).is_none(), "under a quarter");
+        assert!(share(&chunk, &chunk[3000..]).is_some());
+        let elsewhere = chunk[..2000].to_vec();
+        assert!(share(&chunk, &elsewhere).is_none(), "not in the chunk");
+        assert!(share(&Bytes::new(), &[]).is_some_and(|b| b.is_empty()));
+    }
+
+    #[tokio::test]
+    async fn a_chunk_of_many_frames_is_recorded_as_its_runs_of_data_across_chunk_boundaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("audit.key");
+        std::fs::write(&key, [7u8; 32]).unwrap();
+        let cfg = crate::record::RecordConfig {
+            path: Some(dir.path().join("store")),
+            signing_key_file: Some(key),
+            ..Default::default()
+        };
+        let recorder =
+            Recorder::open(&cfg, crate::metrics::RecorderMetrics::new().unwrap()).unwrap();
+        let info = classify(
+            &http::Method::GET,
+            "/api/v1/namespaces/dev/pods/agent-0/exec",
+            Some("command=cat&stdout=true"),
+        )
+        .unwrap();
+        let protocol = StreamProtocol::WebSocketChannelV5;
+        let meta = session_meta(&info, Some("command=cat"), None, protocol, "s-1", None);
+        let mut recording = SessionRecording::start(&recorder, protocol, meta).unwrap();
+
+        let big: Vec<u8> = (0..40_000u32).map(|i| (i % 253) as u8).collect();
+        let second: Vec<u8> = (0..30_000u32).map(|i| (i % 241) as u8).collect();
+        let mut stream = channel(1, &big);
+        stream.extend(channel(2, b"warn"));
+        stream.extend(channel(1, b"a"));
+        stream.extend(channel(1, b"b"));
+        stream.extend(channel(1, &second));
+        stream.extend(channel(
+            3,
+            br#"{"metadata":{},"status":"Failure","message":"command terminated with non-zero exit code: exit code 3","reason":"NonZeroExitCode","details":{"causes":[{"reason":"ExitCode","message":"3"}]}}"#,
+        ));
+        // Cuts: inside "warn", inside the second big frame's payload, inside the status frame's
+        // header (the stream is 40_005 + 7 + 4 + 4 + 30_005 bytes before the status frame).
+        let cuts = [0, 40_010, 50_000, 70_026, stream.len()];
+        for pair in cuts.windows(2) {
+            let chunk = Bytes::copy_from_slice(&stream[pair[0]..pair[1]]);
+            recording
+                .observe(Direction::ServerToClient, &chunk)
+                .unwrap();
+        }
+        recording.finish(None);
+        drop(recording);
+
+        let store = recorder.store();
+        let session = (0..500)
+            .find_map(|_| {
+                let found = crate::record::query::find_session(store.as_ref(), "s-1").ok();
+                match found {
+                    Some(s) if s.end_ns.is_some() => Some(s),
+                    _ => {
+                        std::thread::sleep(Duration::from_millis(10));
+                        None
+                    }
+                }
+            })
+            .expect("the session closes");
+        assert_eq!(session.exit_code, Some(3));
+        assert_eq!(session.stdout_bytes, (big.len() + 2 + second.len()) as u64);
+        assert_eq!(session.stderr_bytes, 4);
+        let frames = crate::record::query::session_frames(store.as_ref(), session.seq).unwrap();
+        let mut stdout = Vec::new();
+        let mut kinds = Vec::new();
+        for frame in frames {
+            if let crate::record::FrameEvent::Data { kind, data } = frame.event {
+                if kind == FrameKind::Stdout {
+                    stdout.extend_from_slice(&data);
+                }
+                kinds.push((kind, data.len()));
+            }
+        }
+        let mut expected = big.clone();
+        expected.extend_from_slice(b"ab");
+        expected.extend_from_slice(&second);
+        assert_eq!(stdout, expected);
+        // Runs of one channel within a chunk are one frame (copied pieces and slices of the
+        // chunk together); a chunk boundary starts a new one.
+        let message = "command terminated with non-zero exit code: exit code 3";
+        assert_eq!(
+            kinds,
+            [
+                (FrameKind::Stdout, 40_000),
+                (FrameKind::Stderr, 2),
+                (FrameKind::Stderr, 2),
+                (FrameKind::Stdout, 2 + 9_975),
+                (FrameKind::Stdout, 20_025),
+                (FrameKind::Status, message.len()),
+            ]
+        );
     }
 }

@@ -37,17 +37,21 @@ pub struct ReadFrames {
     pub torn_tail_bytes: u64,
 }
 
-/// The length/CRC header of one record.
-pub fn record_header(payload: &[u8]) -> Result<[u8; HEADER], StoreError> {
-    if payload.len() > MAX_RECORD {
+/// The length/CRC header of one record whose payload is `parts` concatenated.
+pub fn record_header(parts: &[&[u8]]) -> Result<[u8; HEADER], StoreError> {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    if len > MAX_RECORD {
         return Err(StoreError::Io(format!(
-            "a frame of {} bytes is larger than the {MAX_RECORD}-byte limit",
-            payload.len()
+            "a frame of {len} bytes is larger than the {MAX_RECORD}-byte limit"
         )));
     }
+    let mut crc = crc32fast::Hasher::new();
+    for part in parts {
+        crc.update(part);
+    }
     let mut header = [0; HEADER];
-    header[..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-    header[4..].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    header[..4].copy_from_slice(&(len as u32).to_le_bytes());
+    header[4..].copy_from_slice(&crc.finalize().to_le_bytes());
     Ok(header)
 }
 
@@ -143,9 +147,11 @@ impl FrameFiles {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Appends one frame: written to the OS now, durable at the next [`FrameFiles::sync`].
-    pub fn append(&self, session_seq: u64, payload: &[u8]) -> Result<(), StoreError> {
-        let header = record_header(payload)?;
+    /// Appends one frame, its payload given as `parts` (concatenated; the data path hands over
+    /// an encoded prefix and the stream's own buffers, so nothing is copied to join them):
+    /// written to the OS now, durable at the next [`FrameFiles::sync`].
+    pub fn append(&self, session_seq: u64, parts: &[&[u8]]) -> Result<(), StoreError> {
+        let header = record_header(parts)?;
         let mut state = self.lock();
         if !state.open.contains_key(&session_seq) {
             let path = self.path(session_seq);
@@ -175,8 +181,12 @@ impl FrameFiles {
         let Some(mut file) = state.open.get(&session_seq) else {
             return Err(StoreError::Io("frame file vanished while open".into()));
         };
-        // One writev per frame (header and payload without copying them together).
-        let mut slices = [IoSlice::new(&header), IoSlice::new(payload)];
+        // One writev per frame (header and payload parts without copying them together). A
+        // record of more parts than one writev takes is written in several calls, which is
+        // just as whole once all returned.
+        let mut slices = Vec::with_capacity(parts.len() + 1);
+        slices.push(IoSlice::new(&header));
+        slices.extend(parts.iter().map(|p| IoSlice::new(p)));
         let mut remaining: &mut [IoSlice<'_>] = &mut slices;
         while !remaining.is_empty() {
             match file.write_vectored(remaining) {
@@ -260,7 +270,7 @@ mod tests {
     fn file_of(payloads: &[&[u8]]) -> Vec<u8> {
         let mut out = MAGIC.to_vec();
         for p in payloads {
-            out.extend_from_slice(&record_header(p).unwrap());
+            out.extend_from_slice(&record_header(&[p]).unwrap());
             out.extend_from_slice(p);
         }
         out
@@ -311,21 +321,21 @@ mod tests {
     fn files_append_close_sync_read_and_remove() {
         let dir = tempfile::tempdir().unwrap();
         let files = FrameFiles::new(dir.path());
-        files.append(7, b"a").unwrap();
-        files.append(8, b"x").unwrap();
-        files.append(7, b"bb").unwrap();
+        files.append(7, &[b"a"]).unwrap();
+        files.append(8, &[b"x"]).unwrap();
+        files.append(7, &[b"b", b"", b"b"]).unwrap();
         files.sync().unwrap();
         assert_eq!(
             files.read(7).unwrap().records,
             vec![b"a".to_vec(), b"bb".to_vec()]
         );
-        files.append(7, b"ccc").unwrap();
+        files.append(7, &[b"ccc"]).unwrap();
         files.close(7).unwrap();
         files.sync().unwrap();
         assert_eq!(files.read(7).unwrap().records.len(), 3);
         // A reopened store appends after what is there.
         let again = FrameFiles::new(dir.path());
-        again.append(7, b"dddd").unwrap();
+        again.append(7, &[b"dddd"]).unwrap();
         again.close(7).unwrap();
         let read = again.read(7).unwrap();
         assert_eq!(read.records.last().unwrap(), b"dddd");

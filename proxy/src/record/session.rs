@@ -11,6 +11,7 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::entry::{encode, now_unix_nanos, AuditIdentity, SCHEMA_VERSION};
@@ -168,34 +169,31 @@ pub struct FrameRecord {
     pub event: FrameEvent,
 }
 
-/// The encoding of a `FrameRecord` holding `FrameEvent::Data`, from borrowed bytes: the data
-/// path encodes each chunk once instead of copying it into a `FrameRecord` first. Must encode
-/// exactly like `FrameRecord` (a unit test holds them together): `Data` is variant 0.
+/// The encoding of a `FrameRecord` holding `FrameEvent::Data` up to its data: followed by the
+/// `len` data bytes it is exactly a `FrameRecord`'s encoding (a unit test holds them together;
+/// postcard writes bytes as a varint length and the bytes, and `Data` is variant 0). The data
+/// path writes this prefix and the stream's own buffers, never copying the data into a record.
 #[derive(Serialize)]
-struct DataFrameRef<'a> {
+struct DataFramePrefix {
     schema: u16,
     t_us: u64,
-    event: DataEventRef<'a>,
+    event: DataEventPrefix,
 }
 
 #[derive(Serialize)]
-enum DataEventRef<'a> {
-    Data {
-        kind: FrameKind,
-        #[serde(with = "serde_bytes")]
-        data: &'a [u8],
-    },
+enum DataEventPrefix {
+    Data { kind: FrameKind, len: usize },
 }
 
-pub(crate) fn encode_data_frame(
+pub(crate) fn encode_data_prefix(
     t_us: u64,
     kind: FrameKind,
-    data: &[u8],
+    len: usize,
 ) -> Result<Vec<u8>, postcard::Error> {
-    encode(&DataFrameRef {
+    encode(&DataFramePrefix {
         schema: SCHEMA_VERSION,
         t_us,
-        event: DataEventRef::Data { kind, data },
+        event: DataEventPrefix::Data { kind, len },
     })
 }
 
@@ -213,7 +211,9 @@ pub enum OverflowPolicy {
 pub(crate) enum SessionMsg {
     Frame {
         session_seq: u64,
-        value: Vec<u8>,
+        /// The encoded record is `head` followed by every part of `body`.
+        head: Vec<u8>,
+        body: Vec<Bytes>,
         accounted: usize,
         budget: Arc<AtomicUsize>,
         failed: Arc<AtomicBool>,
@@ -330,6 +330,18 @@ impl SessionWriter {
     /// be recorded (budget exceeded under `terminate`, a store failure, already closed): the
     /// caller must end the session.
     pub fn frame(&self, kind: FrameKind, data: &[u8]) -> Result<(), RecordError> {
+        let parts = if data.is_empty() {
+            Vec::new()
+        } else {
+            vec![Bytes::copy_from_slice(data)]
+        };
+        self.frame_parts(kind, parts)
+    }
+
+    /// Like [`SessionWriter::frame`] with the data given as buffers to concatenate, which the
+    /// queue holds until the writer thread has written them (no copy: the gateway hands over
+    /// slices of the chunks it forwards).
+    pub fn frame_parts(&self, kind: FrameKind, parts: Vec<Bytes>) -> Result<(), RecordError> {
         let s = &self.state;
         if s.closed.load(Ordering::Acquire) {
             return Err(RecordError::SessionClosed);
@@ -343,22 +355,23 @@ impl SessionWriter {
             return Err(RecordError::SessionWriteFailed);
         }
         let t_us = self.elapsed_us();
-        self.count(kind, data.len(), t_us);
+        let len: usize = parts.iter().map(Bytes::len).sum();
+        self.count(kind, len, t_us);
         if matches!(kind, FrameKind::PortForwardData { .. }) && !s.ctx.port_forward_data {
             return Ok(());
         }
 
-        let value =
-            encode_data_frame(t_us, kind, data).map_err(|e| RecordError::Encode(e.to_string()))?;
-        let size = value.len();
+        let head =
+            encode_data_prefix(t_us, kind, len).map_err(|e| RecordError::Encode(e.to_string()))?;
+        let size = head.len() + len;
         let before = s.budget.fetch_add(size, Ordering::AcqRel);
         // A single frame larger than the whole budget still goes through on an empty queue.
         if before > 0 && before + size > s.ctx.max_bytes {
             s.budget.fetch_sub(size, Ordering::AcqRel);
-            return self.overflow(before, data.len(), t_us);
+            return self.overflow(before, len, t_us);
         }
         self.flush_gap(t_us)?;
-        self.send(value, size)
+        self.send(head, parts, size)
     }
 
     fn count(&self, kind: FrameKind, len: usize, t_us: u64) {
@@ -426,7 +439,7 @@ impl SessionWriter {
                     let value = encode(&marker).map_err(|e| RecordError::Encode(e.to_string()))?;
                     let size = value.len();
                     s.budget.fetch_add(size, Ordering::AcqRel);
-                    self.send(value, size)?;
+                    self.send(value, Vec::new(), size)?;
                 }
                 Err(RecordError::SessionOverflow { limit })
             }
@@ -463,17 +476,18 @@ impl SessionWriter {
         let value = encode(&marker).map_err(|e| RecordError::Encode(e.to_string()))?;
         let size = value.len();
         s.budget.fetch_add(size, Ordering::AcqRel);
-        self.send(value, size)
+        self.send(value, Vec::new(), size)
     }
 
-    fn send(&self, value: Vec<u8>, size: usize) -> Result<(), RecordError> {
+    fn send(&self, head: Vec<u8>, body: Vec<Bytes>, size: usize) -> Result<(), RecordError> {
         let s = &self.state;
         s.next_index.fetch_add(1, Ordering::AcqRel);
         let total = s.ctx.queued_bytes.fetch_add(size, Ordering::AcqRel) + size;
         s.ctx.metrics.session_queue_bytes.set(total as i64);
         s.tx.send(SessionMsg::Frame {
             session_seq: s.seq,
-            value,
+            head,
+            body,
             accounted: size,
             budget: s.budget.clone(),
             failed: s.failed.clone(),
@@ -541,12 +555,16 @@ pub(crate) fn run_writer(
         match msg {
             SessionMsg::Frame {
                 session_seq,
-                value,
+                head,
+                body,
                 accounted,
                 budget,
                 failed,
             } => {
-                if let Err(e) = store.append_frame(session_seq, &value) {
+                let mut parts: Vec<&[u8]> = Vec::with_capacity(body.len() + 1);
+                parts.push(&head);
+                parts.extend(body.iter().map(|b| &b[..]));
+                if let Err(e) = store.append_frame(session_seq, &parts) {
                     // Surfaces on the session's next frame, which ends it.
                     failed.store(true, Ordering::Release);
                     metrics.append_errors.inc();

@@ -82,9 +82,10 @@ pub trait Store: Send + Sync + 'static {
     /// Makes every write so far durable (fsync).
     fn flush(&self) -> Result<(), StoreError>;
 
-    /// Appends an encoded [`super::session::FrameRecord`] to a session's frames, after the
-    /// ones before it. Durable at the next [`Store::flush`], like everything else.
-    fn append_frame(&self, session_seq: u64, value: &[u8]) -> Result<(), StoreError>;
+    /// Appends an encoded [`super::session::FrameRecord`], given as `parts` to concatenate, to
+    /// a session's frames, after the ones before it. Durable at the next [`Store::flush`], like
+    /// everything else.
+    fn append_frame(&self, session_seq: u64, parts: &[&[u8]]) -> Result<(), StoreError>;
     /// The session is over: no more frames will be appended.
     fn close_frames(&self, session_seq: u64) -> Result<(), StoreError>;
     /// A session's frames in the order they were appended.
@@ -299,8 +300,8 @@ impl Store for SledStore {
         Ok(())
     }
 
-    fn append_frame(&self, session_seq: u64, value: &[u8]) -> Result<(), StoreError> {
-        self.frames.append(session_seq, value)
+    fn append_frame(&self, session_seq: u64, parts: &[&[u8]]) -> Result<(), StoreError> {
+        self.frames.append(session_seq, parts)
     }
 
     fn close_frames(&self, session_seq: u64) -> Result<(), StoreError> {
@@ -348,9 +349,9 @@ mod tests {
             key_seq(&store.first(Tree::Audit).unwrap().unwrap().0),
             Some(255)
         );
-        store.append_frame(5, b"b").unwrap();
-        store.append_frame(6, b"c").unwrap();
-        store.append_frame(5, b"a").unwrap();
+        store.append_frame(5, &[b"b"]).unwrap();
+        store.append_frame(6, &[b"c"]).unwrap();
+        store.append_frame(5, &[b"a"]).unwrap();
         store.close_frames(5).unwrap();
         store.flush().unwrap();
         assert_eq!(

@@ -399,13 +399,13 @@ impl Store for GatedStore {
     fn insert(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
         self.inner.insert(tree, key, value)
     }
-    fn append_frame(&self, session_seq: u64, value: &[u8]) -> Result<(), StoreError> {
+    fn append_frame(&self, session_seq: u64, parts: &[&[u8]]) -> Result<(), StoreError> {
         let mut open = self.gate.lock().unwrap();
         while !*open {
             open = self.opened.wait(open).unwrap();
         }
         drop(open);
-        self.inner.append_frame(session_seq, value)
+        self.inner.append_frame(session_seq, parts)
     }
     fn close_frames(&self, session_seq: u64) -> Result<(), StoreError> {
         self.inner.close_frames(session_seq)
@@ -1041,15 +1041,17 @@ fn a_data_frame_encoded_from_borrowed_bytes_decodes_as_a_frame_record() {
         stream: 3,
         to_pod: true,
     };
-    let value = session::encode_data_frame(1234, kind, b"payload").unwrap();
-    let owned = FrameRecord {
-        schema: SCHEMA_VERSION,
-        t_us: 1234,
-        event: FrameEvent::Data {
-            kind,
-            data: b"payload".to_vec(),
-        },
-    };
-    assert_eq!(value, encode(&owned).unwrap());
-    assert_eq!(decode::<FrameRecord>(&value).unwrap(), owned);
+    // Lengths whose varint takes 1, 2 and 3 bytes, and their edges.
+    for len in [0usize, 7, 127, 128, 16_383, 16_384, 70_000] {
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let mut value = session::encode_data_prefix(1234, kind, len).unwrap();
+        value.extend_from_slice(&data);
+        let owned = FrameRecord {
+            schema: SCHEMA_VERSION,
+            t_us: 1234,
+            event: FrameEvent::Data { kind, data },
+        };
+        assert_eq!(value, encode(&owned).unwrap(), "len {len}");
+        assert_eq!(decode::<FrameRecord>(&value).unwrap(), owned);
+    }
 }

@@ -12,7 +12,7 @@ use base64::Engine as _;
 
 use super::exec::{ResizeDecoder, StatusDecoder};
 use super::websocket::MessageSink;
-use super::{emit_data, Channel, Direction, FrameError, StreamEvent};
+use super::{Channel, Direction, EventSink, FrameError, StreamEvent};
 
 /// v5.channel.k8s.io: a message `[CLOSE_SIGNAL, channel]` half-closes that channel.
 const CLOSE_SIGNAL: u8 = 0xff;
@@ -76,7 +76,7 @@ impl ChannelSession {
     pub(super) fn sink<'a>(
         &'a mut self,
         dir: Direction,
-        events: &'a mut Vec<StreamEvent>,
+        events: &'a mut dyn EventSink,
     ) -> ChannelSink<'a> {
         ChannelSink {
             session: self,
@@ -90,7 +90,7 @@ impl ChannelSession {
 pub(super) struct ChannelSink<'a> {
     session: &'a mut ChannelSession,
     dir: Direction,
-    events: &'a mut Vec<StreamEvent>,
+    events: &'a mut dyn EventSink,
 }
 
 impl ChannelSink<'_> {
@@ -125,7 +125,7 @@ impl ChannelSink<'_> {
         let peer = self.dir.peer();
         match channel {
             Channel::Stdin | Channel::Stdout | Channel::Stderr => {
-                emit_data(self.events, channel, data);
+                self.events.data(channel, data);
                 Ok(())
             }
             Channel::Error => self.session.status.push(data, peer, self.events),

@@ -7,7 +7,7 @@
 
 use serde::Deserialize;
 
-use super::{FrameError, StreamEvent};
+use super::{EventSink, FrameError, StreamEvent};
 
 /// A Status is a few hundred bytes; the kubelet's longest messages stay far below this.
 const MAX_STATUS: usize = 64 * 1024;
@@ -76,7 +76,7 @@ impl StatusDecoder {
         &mut self,
         data: &[u8],
         peer: &'static str,
-        events: &mut Vec<StreamEvent>,
+        events: &mut dyn EventSink,
     ) -> Result<(), FrameError> {
         if self.buffer.len() + data.len() > MAX_STATUS {
             return Err(FrameError::TooLarge {
@@ -127,7 +127,7 @@ impl StatusDecoder {
 
     /// The writer is done with the message or the channel: report pre-v4 text, if any. An
     /// unfinished JSON Status stays buffered until the channel ends for good.
-    pub(super) fn finish(&mut self, channel_ended: bool, events: &mut Vec<StreamEvent>) {
+    pub(super) fn finish(&mut self, channel_ended: bool, events: &mut dyn EventSink) {
         if self.is_json() && !channel_ended {
             return;
         }
@@ -167,7 +167,7 @@ impl ResizeDecoder {
         &mut self,
         data: &[u8],
         peer: &'static str,
-        events: &mut Vec<StreamEvent>,
+        events: &mut dyn EventSink,
     ) -> Result<(), FrameError> {
         if self.buffer.len() + data.len() > MAX_RESIZE {
             return Err(FrameError::TooLarge {

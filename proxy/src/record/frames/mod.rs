@@ -360,25 +360,34 @@ impl SessionDecoder {
     /// Decodes the next chunk `dir` wrote. Returns the events it completes, in wire order. On
     /// error the events of this chunk are dropped and every later call fails.
     pub fn push(&mut self, dir: Direction, bytes: &[u8]) -> Result<Vec<StreamEvent>, FrameError> {
+        let mut events = Vec::new();
+        self.push_into(dir, bytes, &mut events)?;
+        Ok(events)
+    }
+
+    /// Like [`SessionDecoder::push`], handing each event to `events` as it is found. On error
+    /// the sink may already hold some of this chunk's events: the caller discards them.
+    pub fn push_into(
+        &mut self,
+        dir: Direction,
+        bytes: &[u8],
+        events: &mut dyn EventSink,
+    ) -> Result<(), FrameError> {
         if self.failed {
             return Err(FrameError::AlreadyFailed);
         }
-        let mut events = Vec::new();
-        let result = self.decode(dir, bytes, &mut events);
-        match result {
-            Ok(()) => Ok(events),
-            Err(err) => {
-                self.failed = true;
-                Err(err)
-            }
+        let result = self.decode(dir, bytes, events);
+        if result.is_err() {
+            self.failed = true;
         }
+        result
     }
 
     fn decode(
         &mut self,
         dir: Direction,
         bytes: &[u8],
-        events: &mut Vec<StreamEvent>,
+        events: &mut dyn EventSink,
     ) -> Result<(), FrameError> {
         let i = dir.index();
         match &mut self.inner {
@@ -406,61 +415,93 @@ impl SessionDecoder {
     }
 }
 
-/// Appends `data` to the events, merged into the previous event if that is data on the same
-/// channel: a push of many small frames yields one event per run.
-fn emit_data(events: &mut Vec<StreamEvent>, channel: Channel, data: &[u8]) {
-    if data.is_empty() {
-        return;
-    }
-    if let Some(StreamEvent::Data {
-        channel: last,
-        bytes,
-    }) = events.last_mut()
-    {
-        if *last == channel {
-            bytes.extend_from_slice(data);
-            return;
-        }
-    }
-    events.push(StreamEvent::Data {
-        channel,
-        bytes: data.to_vec(),
-    });
+/// Where a decoder puts what it finds, in wire order. `Vec<StreamEvent>` is one (runs of data
+/// merged into one event); the gateway's recorder is another, which keeps data as slices of the
+/// chunk it pushed instead of copying them.
+pub trait EventSink {
+    /// Bytes on stdin, stdout or stderr (never called with nothing). `data` may point into the
+    /// pushed chunk (unmasked server frames) or into a decoder's buffer.
+    fn data(&mut self, channel: Channel, data: &[u8]);
+    /// Port-forward payload on one connection; with `capture` false only its length counts.
+    fn port_forward(
+        &mut self,
+        port: u16,
+        request_id: Option<&str>,
+        dir: Direction,
+        data: &[u8],
+        capture: bool,
+    );
+    /// Any other event.
+    fn push(&mut self, event: StreamEvent);
 }
 
-/// Appends port-forward payload, merged like [`emit_data`].
-fn emit_port_forward(
-    events: &mut Vec<StreamEvent>,
-    port: u16,
-    request_id: Option<&str>,
-    dir: Direction,
-    data: &[u8],
-    capture: bool,
-) {
-    if data.is_empty() {
-        return;
-    }
-    if let Some(StreamEvent::PortForward {
-        port: last_port,
-        request_id: last_id,
-        dir: last_dir,
-        bytes,
-        data: captured,
-    }) = events.last_mut()
-    {
-        if *last_port == port && last_id.as_deref() == request_id && *last_dir == dir {
-            *bytes += data.len();
-            if capture {
-                captured.extend_from_slice(data);
-            }
+impl EventSink for Vec<StreamEvent> {
+    /// Merged into the previous event if that is data on the same channel: a push of many small
+    /// frames yields one event per run.
+    fn data(&mut self, channel: Channel, data: &[u8]) {
+        if data.is_empty() {
             return;
         }
+        if let Some(StreamEvent::Data {
+            channel: last,
+            bytes,
+        }) = self.last_mut()
+        {
+            if *last == channel {
+                bytes.extend_from_slice(data);
+                return;
+            }
+        }
+        Vec::push(
+            self,
+            StreamEvent::Data {
+                channel,
+                bytes: data.to_vec(),
+            },
+        );
     }
-    events.push(StreamEvent::PortForward {
-        port,
-        request_id: request_id.map(str::to_owned),
-        dir,
-        bytes: data.len(),
-        data: if capture { data.to_vec() } else { Vec::new() },
-    });
+
+    /// Merged like [`EventSink::data`].
+    fn port_forward(
+        &mut self,
+        port: u16,
+        request_id: Option<&str>,
+        dir: Direction,
+        data: &[u8],
+        capture: bool,
+    ) {
+        if data.is_empty() {
+            return;
+        }
+        if let Some(StreamEvent::PortForward {
+            port: last_port,
+            request_id: last_id,
+            dir: last_dir,
+            bytes,
+            data: captured,
+        }) = self.last_mut()
+        {
+            if *last_port == port && last_id.as_deref() == request_id && *last_dir == dir {
+                *bytes += data.len();
+                if capture {
+                    captured.extend_from_slice(data);
+                }
+                return;
+            }
+        }
+        Vec::push(
+            self,
+            StreamEvent::PortForward {
+                port,
+                request_id: request_id.map(str::to_owned),
+                dir,
+                bytes: data.len(),
+                data: if capture { data.to_vec() } else { Vec::new() },
+            },
+        );
+    }
+
+    fn push(&mut self, event: StreamEvent) {
+        Vec::push(self, event);
+    }
 }

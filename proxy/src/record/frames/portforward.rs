@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use super::channel::close_reason;
 use super::websocket::MessageSink;
-use super::{emit_port_forward, Direction, FrameError, StreamEvent};
+use super::{Direction, EventSink, FrameError, StreamEvent};
 
 /// Client bytes allowed ahead of the server's port announcement, and the longest error text.
 const MAX_PENDING: usize = 64 * 1024;
@@ -46,7 +46,7 @@ impl PortForwardSession {
     pub(super) fn sink<'a>(
         &'a mut self,
         dir: Direction,
-        events: &'a mut Vec<StreamEvent>,
+        events: &'a mut dyn EventSink,
     ) -> PortForwardSink<'a> {
         PortForwardSink {
             session: self,
@@ -59,7 +59,7 @@ impl PortForwardSession {
 pub(super) struct PortForwardSink<'a> {
     session: &'a mut PortForwardSession,
     dir: Direction,
-    events: &'a mut Vec<StreamEvent>,
+    events: &'a mut dyn EventSink,
 }
 
 impl PortForwardSink<'_> {
@@ -90,28 +90,16 @@ impl PortForwardSink<'_> {
                     request_id: None,
                 });
                 let pending = std::mem::take(&mut state.pending);
-                emit_port_forward(
-                    self.events,
-                    port,
-                    None,
-                    Direction::ClientToServer,
-                    &pending,
-                    capture,
-                );
+                self.events
+                    .port_forward(port, None, Direction::ClientToServer, &pending, capture);
             }
         }
         let Some(port) = state.port else {
             return Ok(());
         };
         if channel.is_multiple_of(2) {
-            emit_port_forward(
-                self.events,
-                port,
-                None,
-                Direction::ServerToClient,
-                bytes,
-                capture,
-            );
+            self.events
+                .port_forward(port, None, Direction::ServerToClient, bytes, capture);
             return Ok(());
         }
         if state.error_text.len() + bytes.len() > MAX_PENDING {
@@ -130,14 +118,8 @@ impl PortForwardSink<'_> {
         let state = self.session.channels.entry(channel).or_default();
         match state.port {
             Some(port) => {
-                emit_port_forward(
-                    self.events,
-                    port,
-                    None,
-                    Direction::ClientToServer,
-                    bytes,
-                    capture,
-                );
+                self.events
+                    .port_forward(port, None, Direction::ClientToServer, bytes, capture);
                 Ok(())
             }
             None if state.pending.len() + bytes.len() > MAX_PENDING => {

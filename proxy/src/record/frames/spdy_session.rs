@@ -13,7 +13,7 @@ use super::channel::close_reason;
 use super::exec::{ResizeDecoder, StatusDecoder};
 use super::spdy::{header_value, Control, FrameReader, FrameSink, Headers};
 use super::websocket::MessageSink;
-use super::{emit_data, emit_port_forward, Channel, Direction, FrameError, StreamEvent};
+use super::{Channel, Direction, EventSink, FrameError, StreamEvent};
 
 /// Open streams at once: exec needs 5, each forwarded connection 2.
 const MAX_STREAMS: usize = 1024;
@@ -70,7 +70,7 @@ impl SpdySession {
     pub(super) fn sink<'a>(
         &'a mut self,
         dir: Direction,
-        events: &'a mut Vec<StreamEvent>,
+        events: &'a mut dyn EventSink,
     ) -> SessionSink<'a> {
         SessionSink {
             session: self,
@@ -84,7 +84,7 @@ impl SpdySession {
 pub(super) struct SessionSink<'a> {
     session: &'a mut SpdySession,
     dir: Direction,
-    events: &'a mut Vec<StreamEvent>,
+    events: &'a mut dyn EventSink,
 }
 
 /// The side that writes an exec channel: only its FIN closes the channel.
@@ -256,14 +256,13 @@ impl FrameSink for SessionSink<'_> {
         };
         match stream.kind {
             Kind::Exec(channel @ (Channel::Stdin | Channel::Stdout | Channel::Stderr)) => {
-                emit_data(self.events, channel, bytes);
+                self.events.data(channel, bytes);
                 Ok(())
             }
             Kind::Exec(Channel::Error) => self.session.status.push(bytes, peer, self.events),
             Kind::Exec(Channel::Resize) => self.session.resize.push(bytes, peer, self.events),
             Kind::PortData => {
-                emit_port_forward(
-                    self.events,
+                self.events.port_forward(
                     stream.port,
                     stream.request_id.as_deref(),
                     self.dir,
