@@ -6,18 +6,26 @@
 //! capped recording at ~50 MiB/s; an append-only file takes frames at the speed of `write(2)`.
 //! The audit log, the session records and their ids stay in sled.
 //!
-//! Owns: the file layout and the record framing. Must never: reorder or rewrite a frame once
-//! written, or keep frames only in memory past [`FrameFiles::sync`] (that is the group commit
-//! the recorder's flusher runs; a crash loses at most what was appended since).
+//! Owns: the file layout, the record framing and how frames reach the disk. Must never: reorder
+//! or change a frame once written (a partial block is rewritten only with the same bytes and
+//! more), or keep frames only in memory past [`FrameFiles::sync`] (that is the group commit the
+//! recorder's flusher runs; a crash, or a killed process, loses at most what was appended since).
 //!
-//! Record: `len: u32 LE`, `crc32(payload): u32 LE`, `payload` (a postcard `FrameRecord`).
-//! A file starts with [`MAGIC`]. A record cut short at the end of the file, or a last record
-//! whose CRC does not match, is the tail of an unclean stop and is reported as such; a bad CRC
-//! anywhere else is corruption.
+//! Record: `len: u32 LE`, `crc32(payload): u32 LE`, `payload` (a postcard `FrameRecord`, never
+//! empty). A file starts with [`MAGIC`]. A record cut short at the end of the file, a last
+//! record whose CRC does not match, or zeros from a header of zeros to the end (the padding of
+//! a direct-I/O block synced before the session ended) are the tail of an unclean stop and are
+//! reported as such; a bad CRC anywhere else, or anything but zeros after a zero header, is
+//! corruption.
+//!
+//! Writes bypass the page cache where the file system allows ([`WriteMode::Direct`]): each open
+//! session fills an aligned block that goes to the disk when full and, zero-padded, at each
+//! sync; a closed session's file is cut to its exact length.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{IoSlice, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -77,6 +85,16 @@ pub fn parse_records(bytes: &[u8]) -> Result<ReadFrames, StoreError> {
             out.torn_tail_bytes = rest.len() as u64;
             break;
         };
+        if header == [0; HEADER] {
+            // The zero padding after the frames a direct-I/O sync wrote; an unclean stop left
+            // it (a closed session's file is cut to its length). Anything but zeros after it
+            // is damage.
+            if rest.iter().any(|&b| b != 0) {
+                return Err(corrupt(out.records.len(), at));
+            }
+            out.torn_tail_bytes = rest.len() as u64;
+            break;
+        }
         let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
         let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
         let end = HEADER.saturating_add(len);
@@ -107,21 +125,115 @@ fn corrupt(index: usize, offset: usize) -> StoreError {
     ))
 }
 
+/// `O_DIRECT` alignment of file offsets, lengths and buffers: the largest logical block size
+/// in use (4096; 512-byte devices accept it too).
+const ALIGN: usize = 4096;
+/// A session's frames reach the disk in blocks this big (and as a padded partial block at each
+/// sync). Held per open session: 260 KiB with its alignment slack.
+const BLOCK: usize = 256 * 1024;
+
+/// How frames reach their file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Through a per-session block written with `O_DIRECT`, bypassing the page cache: copying
+    /// a fast stream into the page cache and writing it back cost the gateway more CPU than
+    /// everything else recording does. Where the file system refuses `O_DIRECT`, a file is
+    /// written [`WriteMode::Buffered`].
+    Direct,
+    /// One `writev(2)` per frame into the page cache.
+    Buffered,
+}
+
 /// The frame files of one store.
 pub struct FrameFiles {
     dir: PathBuf,
+    mode: WriteMode,
     state: Mutex<State>,
 }
 
 #[derive(Default)]
 struct State {
-    /// Sessions being written. Unbuffered: each frame is one `writev(2)`, so a killed process
-    /// loses no frame that reached the writer thread.
-    open: HashMap<u64, File>,
+    /// Sessions being written.
+    open: HashMap<u64, OpenFile>,
     /// Files written since the last sync (handles shared with `open`, or of closed sessions).
     unsynced: HashMap<u64, File>,
-    /// A file was created since the last sync: the directory entry must be synced too.
+    /// A file was created or moved since the last sync: the directory must be synced too.
     created: bool,
+}
+
+struct OpenFile {
+    file: File,
+    /// `Some` for a file opened with `O_DIRECT`: the frames not yet in a whole block.
+    block: Option<Block>,
+}
+
+/// The block of a direct-I/O file being filled: frames are copied in, and the block is written
+/// at its (aligned) file offset when full, or padded with zeros at a sync (the next write of the
+/// block overwrites the padding). A process killed between syncs loses what the block held, as
+/// a power failure loses what was not synced.
+struct Block {
+    /// `BLOCK + ALIGN` bytes: the aligned window starts at `start`.
+    mem: Vec<u8>,
+    start: usize,
+    /// Bytes of the window in use.
+    len: usize,
+    /// Where the window goes in the file (a multiple of `BLOCK`).
+    offset: u64,
+}
+
+impl Block {
+    fn new() -> Option<Block> {
+        let mem = vec![0u8; BLOCK + ALIGN];
+        let start = mem.as_ptr().align_offset(ALIGN);
+        (start < ALIGN).then_some(Block {
+            mem,
+            start,
+            len: 0,
+            offset: 0,
+        })
+    }
+
+    fn window(&mut self, end: usize) -> &mut [u8] {
+        &mut self.mem[self.start..self.start + end]
+    }
+
+    fn filled(&self) -> &[u8] {
+        &self.mem[self.start..self.start + self.len]
+    }
+
+    fn push(&mut self, file: &File, mut bytes: &[u8]) -> std::io::Result<()> {
+        while !bytes.is_empty() {
+            let n = (BLOCK - self.len).min(bytes.len());
+            let (now, rest) = bytes.split_at(n);
+            let len = self.len;
+            self.window(len + n)[len..].copy_from_slice(now);
+            self.len += n;
+            bytes = rest;
+            if self.len == BLOCK {
+                let offset = self.offset;
+                file.write_all_at(self.window(BLOCK), offset)?;
+                self.offset += BLOCK as u64;
+                self.len = 0;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the partial block, zero-padded to the alignment; the block keeps its contents.
+    fn write_partial(&mut self, file: &File) -> std::io::Result<()> {
+        if self.len == 0 {
+            return Ok(());
+        }
+        let (len, padded, offset) = (self.len, self.len.next_multiple_of(ALIGN), self.offset);
+        let window = self.window(padded);
+        window[len..].fill(0);
+        file.write_all_at(window, offset)
+    }
+
+    /// The length of the file's contents.
+    fn end(&self) -> u64 {
+        self.offset + self.len as u64
+    }
 }
 
 fn io(what: &str, path: &Path, e: std::io::Error) -> StoreError {
@@ -129,10 +241,16 @@ fn io(what: &str, path: &Path, e: std::io::Error) -> StoreError {
 }
 
 impl FrameFiles {
-    /// The frame files under `store_dir/frames` (created on first write).
+    /// The frame files under `store_dir/frames` (created on first write), written with direct
+    /// I/O where the file system takes it.
     pub fn new(store_dir: &Path) -> Self {
+        Self::with_mode(store_dir, WriteMode::Direct)
+    }
+
+    pub fn with_mode(store_dir: &Path, mode: WriteMode) -> Self {
         Self {
             dir: store_dir.join("frames"),
+            mode,
             state: Mutex::new(State::default()),
         }
     }
@@ -141,46 +259,106 @@ impl FrameFiles {
         self.dir.join(format!("{session_seq:016x}.frames"))
     }
 
+    /// Where a file found in the way of a new session is moved.
+    fn orphan_path(&self, session_seq: u64) -> PathBuf {
+        self.dir.join(format!("{session_seq:016x}.frames.orphaned"))
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Appends one frame, its payload given as `parts` (concatenated; the data path hands over
-    /// an encoded prefix and the stream's own buffers, so nothing is copied to join them):
-    /// written to the OS now, durable at the next [`FrameFiles::sync`].
-    pub fn append(&self, session_seq: u64, parts: &[&[u8]]) -> Result<(), StoreError> {
-        let header = record_header(parts)?;
-        let mut state = self.lock();
-        if !state.open.contains_key(&session_seq) {
-            let path = self.path(session_seq);
-            std::fs::create_dir_all(&self.dir).map_err(|e| io("create", &self.dir, e))?;
-            let file = OpenOptions::new()
+    /// Whether a session's open file is written with direct I/O.
+    pub fn is_direct(&self, session_seq: u64) -> bool {
+        self.lock()
+            .open
+            .get(&session_seq)
+            .is_some_and(|open| open.block.is_some())
+    }
+
+    /// Creates the file of a session that starts writing frames now.
+    fn create(&self, session_seq: u64) -> Result<OpenFile, StoreError> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| io("create", &self.dir, e))?;
+        let path = self.path(session_seq);
+        // A file already there is from a session whose record an unclean stop lost after its
+        // frames were synced, so its number is being used again: keep those frames aside
+        // rather than mixing them into this session.
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() > 0) {
+            let aside = self.orphan_path(session_seq);
+            std::fs::rename(&path, &aside).map_err(|e| io("rename", &path, e))?;
+            tracing::warn!(path = %aside.display(), "frames of a session whose record was lost moved aside");
+        }
+        if self.mode == WriteMode::Direct {
+            let direct = OpenOptions::new()
+                .write(true)
                 .create(true)
-                .append(true)
-                .open(&path)
-                .map_err(|e| io("open", &path, e))?;
-            let fresh = file.metadata().map_err(|e| io("stat", &path, e))?.len() == 0;
-            let handle = file.try_clone().map_err(|e| io("open", &path, e))?;
-            if fresh {
-                (&file)
-                    .write_all(MAGIC)
-                    .map_err(|e| io("write", &path, e))?;
-                state.created = true;
-            }
-            state.unsynced.insert(session_seq, handle);
-            state.open.insert(session_seq, file);
-        } else if !state.unsynced.contains_key(&session_seq) {
-            let handle = state.open.get(&session_seq).map(|file| file.try_clone());
-            if let Some(handle) = handle {
-                let handle = handle.map_err(|e| io("open", &self.path(session_seq), e))?;
-                state.unsynced.insert(session_seq, handle);
+                .truncate(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(&path);
+            match (direct, Block::new()) {
+                (Ok(file), Some(mut block)) => {
+                    block
+                        .push(&file, MAGIC)
+                        .map_err(|e| io("write", &path, e))?;
+                    return Ok(OpenFile {
+                        file,
+                        block: Some(block),
+                    });
+                }
+                // tmpfs, some network and FUSE file systems: no direct I/O.
+                (Err(e), _) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    tracing::debug!(path = %path.display(), "no direct I/O here; frames go through the page cache");
+                }
+                (Err(e), _) => return Err(io("open", &path, e)),
+                (Ok(_), None) => {}
             }
         }
-        let Some(mut file) = state.open.get(&session_seq) else {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| io("open", &path, e))?;
+        file.write_all(MAGIC).map_err(|e| io("write", &path, e))?;
+        Ok(OpenFile { file, block: None })
+    }
+
+    /// Appends one frame, its payload given as `parts` (concatenated; the data path hands over
+    /// an encoded prefix and the stream's own buffers, so nothing is copied to join them):
+    /// handed to the OS now (or, with direct I/O, when its block fills), durable at the next
+    /// [`FrameFiles::sync`].
+    pub fn append(&self, session_seq: u64, parts: &[&[u8]]) -> Result<(), StoreError> {
+        let header = record_header(parts)?;
+        if header[..4] == [0; 4] {
+            // A zero header is where the padding of a synced partial block begins.
+            return Err(StoreError::Io("an empty frame cannot be stored".into()));
+        }
+        let mut state = self.lock();
+        if !state.open.contains_key(&session_seq) {
+            let open = self.create(session_seq)?;
+            state.created = true;
+            state.open.insert(session_seq, open);
+        }
+        let State { open, unsynced, .. } = &mut *state;
+        let Some(OpenFile { file, block }) = open.get_mut(&session_seq) else {
             return Err(StoreError::Io("frame file vanished while open".into()));
         };
+        if let std::collections::hash_map::Entry::Vacant(entry) = unsynced.entry(session_seq) {
+            let handle = file
+                .try_clone()
+                .map_err(|e| io("open", &self.path(session_seq), e))?;
+            entry.insert(handle);
+        }
+        let write_error = |e| io("write", &self.path(session_seq), e);
+        if let Some(block) = block {
+            block.push(file, &header).map_err(write_error)?;
+            for part in parts {
+                block.push(file, part).map_err(write_error)?;
+            }
+            return Ok(());
+        }
         // One writev per frame (header and payload parts without copying them together). A
         // record of more parts than one writev takes is written in several calls, which is
         // just as whole once all returned.
@@ -190,34 +368,47 @@ impl FrameFiles {
         let mut remaining: &mut [IoSlice<'_>] = &mut slices;
         while !remaining.is_empty() {
             match file.write_vectored(remaining) {
-                Ok(0) => {
-                    return Err(io(
-                        "write",
-                        &self.path(session_seq),
-                        std::io::ErrorKind::WriteZero.into(),
-                    ))
-                }
+                Ok(0) => return Err(write_error(std::io::ErrorKind::WriteZero.into())),
                 Ok(n) => IoSlice::advance_slices(&mut remaining, n),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(io("write", &self.path(session_seq), e)),
+                Err(e) => return Err(write_error(e)),
             }
         }
         Ok(())
     }
 
-    /// The session ended: its file is closed (and still synced at the next
-    /// [`FrameFiles::sync`]).
+    /// The session ended: the rest of its frames are written and the file cut to its exact
+    /// length (durable at the next [`FrameFiles::sync`]).
     pub fn close(&self, session_seq: u64) -> Result<(), StoreError> {
-        self.lock().open.remove(&session_seq);
+        let Some(mut open) = self.lock().open.remove(&session_seq) else {
+            return Ok(());
+        };
+        if let Some(block) = open.block.as_mut() {
+            let path = self.path(session_seq);
+            block
+                .write_partial(&open.file)
+                .map_err(|e| io("write", &path, e))?;
+            open.file
+                .set_len(block.end())
+                .map_err(|e| io("truncate", &path, e))?;
+        }
         Ok(())
     }
 
-    /// Makes every frame appended so far durable: `fdatasync` each file written since the last
-    /// sync (outside the lock, so appends go on meanwhile), then the directory if a file was
-    /// created.
+    /// Makes every frame appended so far durable: partial blocks written, then `fdatasync`
+    /// each file written since the last sync (outside the lock, so appends go on meanwhile),
+    /// then the directory if a file was created.
     pub fn sync(&self) -> Result<(), StoreError> {
         let (files, created) = {
             let mut state = self.lock();
+            let State { open, unsynced, .. } = &mut *state;
+            for (seq, open) in open.iter_mut() {
+                if let (Some(block), true) = (open.block.as_mut(), unsynced.contains_key(seq)) {
+                    block
+                        .write_partial(&open.file)
+                        .map_err(|e| io("write", &self.path(*seq), e))?;
+                }
+            }
             let created = std::mem::take(&mut state.created);
             (std::mem::take(&mut state.unsynced), created)
         };
@@ -233,33 +424,60 @@ impl FrameFiles {
         Ok(())
     }
 
-    /// Reads a session's frames (everything appended, synced or not).
+    /// Reads a session's frames: everything appended, synced or not (an open session's file
+    /// is read under the lock, with the frames its block holds).
     pub fn read(&self, session_seq: u64) -> Result<ReadFrames, StoreError> {
         let path = self.path(session_seq);
-        match std::fs::read(&path) {
-            Ok(bytes) => parse_records(&bytes).map_err(|e| match e {
-                StoreError::Io(message) => StoreError::Io(format!("{}: {message}", path.display())),
-                other => other,
-            }),
-            // A session that never produced a frame has no file.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ReadFrames::default()),
-            Err(e) => Err(io("read", &path, e)),
+        let bytes = {
+            let state = self.lock();
+            match state.open.get(&session_seq) {
+                Some(OpenFile {
+                    block: Some(block), ..
+                }) => {
+                    let mut bytes = read_file(&path)?;
+                    bytes.truncate(usize::try_from(block.offset).unwrap_or(usize::MAX));
+                    bytes.extend_from_slice(block.filled());
+                    bytes
+                }
+                _ => {
+                    drop(state);
+                    read_file(&path)?
+                }
+            }
+        };
+        if bytes.is_empty() {
+            return Ok(ReadFrames::default());
         }
+        parse_records(&bytes).map_err(|e| match e {
+            StoreError::Io(message) => StoreError::Io(format!("{}: {message}", path.display())),
+            other => other,
+        })
     }
 
-    /// Deletes a session's frames (retention).
+    /// Deletes a session's frames (retention), and frames moved aside under its number.
     pub fn remove(&self, session_seq: u64) -> Result<(), StoreError> {
         {
             let mut state = self.lock();
             state.open.remove(&session_seq);
             state.unsynced.remove(&session_seq);
         }
-        let path = self.path(session_seq);
-        match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io("remove", &path, e)),
+        for path in [self.path(session_seq), self.orphan_path(session_seq)] {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io("remove", &path, e)),
+            }
         }
+        Ok(())
+    }
+}
+
+/// A file's bytes; none if there is no file (a session that never produced a frame).
+fn read_file(path: &Path) -> Result<Vec<u8>, StoreError> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(io("read", path, e)),
     }
 }
 
@@ -278,13 +496,29 @@ mod tests {
 
     #[test]
     fn records_round_trip_in_order() {
-        let bytes = file_of(&[b"one", b"", b"three"]);
+        let bytes = file_of(&[b"one", b"2", b"three"]);
         let read = parse_records(&bytes).unwrap();
         assert_eq!(
             read.records,
-            vec![b"one".to_vec(), vec![], b"three".to_vec()]
+            vec![b"one".to_vec(), b"2".to_vec(), b"three".to_vec()]
         );
         assert_eq!(read.torn_tail_bytes, 0);
+    }
+
+    #[test]
+    fn zero_padding_after_the_frames_is_a_torn_tail_and_anything_after_it_is_damage() {
+        let mut bytes = file_of(&[b"one", b"two"]);
+        let frames_end = bytes.len();
+        bytes.resize(ALIGN, 0);
+        let read = parse_records(&bytes).unwrap();
+        assert_eq!(read.records, vec![b"one".to_vec(), b"two".to_vec()]);
+        assert_eq!(read.torn_tail_bytes as usize, ALIGN - frames_end);
+        // Fewer zeros than a header: cut short, also a tail.
+        let read = parse_records(&bytes[..frames_end + 3]).unwrap();
+        assert_eq!(read.torn_tail_bytes, 3);
+        bytes[ALIGN - 1] = 1;
+        let err = parse_records(&bytes).unwrap_err().to_string();
+        assert!(err.contains("frame 2"), "{err}");
     }
 
     #[test]
@@ -317,32 +551,95 @@ mod tests {
         assert!(parse_records(b"something else entirely").is_err());
     }
 
+    /// Whether this directory's file system takes `O_DIRECT` (tmpfs does not).
+    fn direct_io_works(dir: &Path) -> bool {
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(dir.join("probe"))
+            .is_ok()
+    }
+
     #[test]
-    fn files_append_close_sync_read_and_remove() {
-        let dir = tempfile::tempdir().unwrap();
-        let files = FrameFiles::new(dir.path());
-        files.append(7, &[b"a"]).unwrap();
-        files.append(8, &[b"x"]).unwrap();
-        files.append(7, &[b"b", b"", b"b"]).unwrap();
-        files.sync().unwrap();
-        assert_eq!(
-            files.read(7).unwrap().records,
-            vec![b"a".to_vec(), b"bb".to_vec()]
-        );
-        files.append(7, &[b"ccc"]).unwrap();
-        files.close(7).unwrap();
-        files.sync().unwrap();
-        assert_eq!(files.read(7).unwrap().records.len(), 3);
-        // A reopened store appends after what is there.
-        let again = FrameFiles::new(dir.path());
-        again.append(7, &[b"dddd"]).unwrap();
-        again.close(7).unwrap();
-        let read = again.read(7).unwrap();
-        assert_eq!(read.records.last().unwrap(), b"dddd");
-        assert_eq!(read.records.len(), 4);
-        assert!(again.read(99).unwrap().records.is_empty());
-        again.remove(7).unwrap();
-        assert!(again.read(7).unwrap().records.is_empty());
-        assert_eq!(files.read(8).unwrap().records, vec![b"x".to_vec()]);
+    fn files_append_close_sync_read_and_remove_in_both_modes() {
+        for mode in [WriteMode::Direct, WriteMode::Buffered] {
+            let dir = tempfile::tempdir().unwrap();
+            let files = FrameFiles::with_mode(dir.path(), mode);
+            files.append(7, &[b"a"]).unwrap();
+            files.append(8, &[b"x"]).unwrap();
+            files.append(7, &[b"b", b"", b"b"]).unwrap();
+            let direct = mode == WriteMode::Direct && direct_io_works(dir.path());
+            assert_eq!(files.is_direct(7), direct, "{mode:?}");
+            // Read while open: every frame appended, synced or not.
+            assert_eq!(
+                files.read(7).unwrap().records,
+                vec![b"a".to_vec(), b"bb".to_vec()],
+                "{mode:?}"
+            );
+            files.sync().unwrap();
+            // On disk after a sync, before the end: the frames, then (direct) zero padding.
+            let on_disk = std::fs::read(files.path(7)).unwrap();
+            let parsed = parse_records(&on_disk).unwrap();
+            assert_eq!(parsed.records, vec![b"a".to_vec(), b"bb".to_vec()]);
+            assert_eq!(on_disk.len().is_multiple_of(ALIGN), direct, "{mode:?}");
+            files.append(7, &[b"ccc"]).unwrap();
+            files.close(7).unwrap();
+            files.sync().unwrap();
+            // Closed: cut to its exact length.
+            let on_disk = std::fs::read(files.path(7)).unwrap();
+            let parsed = parse_records(&on_disk).unwrap();
+            assert_eq!(parsed.records.len(), 3);
+            assert_eq!(parsed.torn_tail_bytes, 0, "{mode:?}");
+            assert_eq!(files.read(7).unwrap().records.len(), 3);
+
+            // A new session under a number whose file is there (its record was lost): the old
+            // frames are moved aside, not mixed in; retention removes both.
+            let again = FrameFiles::with_mode(dir.path(), mode);
+            again.append(7, &[b"dddd"]).unwrap();
+            again.close(7).unwrap();
+            assert_eq!(again.read(7).unwrap().records, vec![b"dddd".to_vec()]);
+            let aside = std::fs::read(again.orphan_path(7)).unwrap();
+            assert_eq!(parse_records(&aside).unwrap().records.len(), 3);
+            assert!(again.read(99).unwrap().records.is_empty());
+            again.remove(7).unwrap();
+            assert!(again.read(7).unwrap().records.is_empty());
+            assert!(!again.orphan_path(7).exists());
+            assert_eq!(files.read(8).unwrap().records, vec![b"x".to_vec()]);
+            assert!(files.append(9, &[b""]).is_err(), "empty frames are refused");
+        }
+    }
+
+    #[test]
+    fn frames_across_many_blocks_round_trip_in_both_modes() {
+        for mode in [WriteMode::Direct, WriteMode::Buffered] {
+            let dir = tempfile::tempdir().unwrap();
+            let files = FrameFiles::with_mode(dir.path(), mode);
+            let mut expected = Vec::new();
+            // Sizes around and across the block size, synced now and then mid-block.
+            for (i, size) in [1, BLOCK - 20, 3, BLOCK, 2 * BLOCK + 5, 4095, 4096, 70_000]
+                .into_iter()
+                .enumerate()
+            {
+                let payload: Vec<u8> = (0..size).map(|j| ((i * 31 + j) % 251) as u8).collect();
+                let (head, tail) = payload.split_at(size / 2);
+                files.append(1, &[head, tail]).unwrap();
+                expected.push(payload);
+                if i % 3 == 0 {
+                    files.sync().unwrap();
+                }
+                assert_eq!(
+                    files.read(1).unwrap().records,
+                    expected,
+                    "{mode:?} frame {i}"
+                );
+            }
+            files.close(1).unwrap();
+            files.sync().unwrap();
+            let read = files.read(1).unwrap();
+            assert_eq!(read.records, expected, "{mode:?}");
+            assert_eq!(read.torn_tail_bytes, 0);
+        }
     }
 }

@@ -1035,7 +1035,7 @@ fn frame_data_is_encoded_as_bytes_exactly_like_a_sequence_of_u8() {
 }
 
 #[test]
-fn a_data_frame_encoded_from_borrowed_bytes_decodes_as_a_frame_record() {
+fn a_data_frame_prefix_followed_by_its_bytes_is_a_frame_record() {
     let kind = FrameKind::PortForwardData {
         port: 8080,
         stream: 3,
