@@ -8,8 +8,6 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-
 use crate::classify::RequestInfo;
 use crate::identity::Identity;
 use crate::record::frames::{
@@ -116,7 +114,7 @@ impl SessionRecording {
 
     /// Decodes and records a chunk one peer sent. An error ends the session: the caller must not
     /// pass this chunk on (and none of it is recorded).
-    pub fn observe(&mut self, dir: Direction, chunk: &Bytes) -> Result<(), RecordingError> {
+    pub fn observe(&mut self, dir: Direction, chunk: &[u8]) -> Result<(), RecordingError> {
         let Some(decoder) = self.decoder.as_mut() else {
             return Ok(());
         };
@@ -137,10 +135,10 @@ impl SessionRecording {
         };
         for found in found.into_found() {
             let result = match found {
-                Found::Data { channel, parts } => writer.frame_parts(
-                    frame_kind(channel),
-                    parts.into_iter().map(Part::into_bytes).collect(),
-                ),
+                Found::Data { channel, parts } => {
+                    let parts: Vec<&[u8]> = parts.iter().map(Part::bytes).collect();
+                    writer.frame_parts(frame_kind(channel), &parts)
+                }
                 Found::Others(events) => events
                     .into_iter()
                     .try_for_each(|event| record_event(writer, event, &mut self.exit_code)),
@@ -260,53 +258,49 @@ fn frame_kind(channel: Channel) -> FrameKind {
     }
 }
 
-/// What the decoder found in one chunk, in wire order, held until the whole chunk decoded.
-/// Channel data stays in the chunk's own buffer where it lies there (server frames are not
-/// masked): recording then costs no copy of the stream, only the write to disk.
+/// What the decoder found in one chunk, in wire order, held until the whole chunk decoded
+/// (then copied once, into the recorder's buffers). Data that lies in the chunk (server frames
+/// are not masked) is kept as a slice of it; only pieces from a decoder's own buffer are copied
+/// here.
 struct ChunkEvents<'a> {
-    chunk: &'a Bytes,
-    found: Vec<Found>,
+    chunk: &'a [u8],
+    found: Vec<Found<'a>>,
     /// Other events since the last data, merged by `Vec<StreamEvent>`'s sink.
     others: Vec<StreamEvent>,
 }
 
-enum Found {
+enum Found<'a> {
     /// One run of data on a channel.
     Data {
         channel: Channel,
-        parts: Vec<Part>,
+        parts: Vec<Part<'a>>,
     },
     Others(Vec<StreamEvent>),
 }
 
-enum Part {
-    /// A slice of the chunk.
-    Shared(Bytes),
-    /// Small pieces copied together.
+enum Part<'a> {
+    InChunk(&'a [u8]),
     Copied(Vec<u8>),
 }
 
-impl Part {
-    fn into_bytes(self) -> Bytes {
+impl Part<'_> {
+    fn bytes(&self) -> &[u8] {
         match self {
-            Part::Shared(bytes) => bytes,
-            Part::Copied(bytes) => Bytes::from(bytes),
+            Part::InChunk(bytes) => bytes,
+            Part::Copied(bytes) => bytes,
         }
     }
 }
 
-/// `data` as a slice of `chunk`, if it lies within it and is big enough to be worth holding
-/// the chunk for: the queue's byte budget counts slices, so a slice must be at least a quarter
-/// of its chunk to keep the memory the queue really holds within 4x the budget.
-fn share(chunk: &Bytes, data: &[u8]) -> Option<Bytes> {
+/// `data` as a slice of `chunk`, if it lies within it.
+fn in_chunk<'a>(chunk: &'a [u8], data: &[u8]) -> Option<&'a [u8]> {
     let start = (data.as_ptr() as usize).checked_sub(chunk.as_ptr() as usize)?;
     let end = start.checked_add(data.len())?;
-    (end <= chunk.len() && data.len().saturating_mul(4) >= chunk.len())
-        .then(|| chunk.slice(start..end))
+    chunk.get(start..end)
 }
 
 impl<'a> ChunkEvents<'a> {
-    fn new(chunk: &'a Bytes) -> Self {
+    fn new(chunk: &'a [u8]) -> Self {
         Self {
             chunk,
             found: Vec::new(),
@@ -321,7 +315,7 @@ impl<'a> ChunkEvents<'a> {
         }
     }
 
-    fn into_found(mut self) -> Vec<Found> {
+    fn into_found(mut self) -> Vec<Found<'a>> {
         self.end_others();
         self.found
     }
@@ -333,8 +327,8 @@ impl EventSink for ChunkEvents<'_> {
             return;
         }
         self.end_others();
-        let part = match share(self.chunk, data) {
-            Some(slice) => Part::Shared(slice),
+        let part = match in_chunk(self.chunk, data) {
+            Some(slice) => Part::InChunk(slice),
             None => Part::Copied(data.to_vec()),
         };
         match self.found.last_mut() {
@@ -463,20 +457,22 @@ mod tests {
     }
 
     #[test]
-    fn only_big_slices_inside_the_chunk_are_shared() {
-        let chunk = Bytes::from((0..=255u8).cycle().take(4000).collect::<Vec<_>>());
-        let shared = share(&chunk, &chunk[100..1100]).unwrap();
-        assert_eq!(&shared[..], &chunk[100..1100]);
-        assert_eq!(
-            shared.as_ptr(),
-            chunk[100..].as_ptr(),
-            "a slice, not a copy"
-        );
-        assert!(share(&chunk, &chunk[100..999]).is_none(), "under a quarter");
-        assert!(share(&chunk, &chunk[3000..]).is_some());
+    fn data_is_found_in_the_chunk_only_where_it_lies_there() {
+        let chunk: Vec<u8> = (0..=255u8).cycle().take(4000).collect();
+        let found = in_chunk(&chunk, &chunk[100..1100]).unwrap();
+        assert_eq!(found.as_ptr(), chunk[100..].as_ptr(), "a slice, not a copy");
+        assert_eq!(found.len(), 1000);
+        assert!(in_chunk(&chunk, &chunk[3999..]).is_some());
         let elsewhere = chunk[..2000].to_vec();
-        assert!(share(&chunk, &elsewhere).is_none(), "not in the chunk");
-        assert!(share(&Bytes::new(), &[]).is_some_and(|b| b.is_empty()));
+        assert!(in_chunk(&chunk, &elsewhere).is_none(), "not in the chunk");
+        assert!(
+            in_chunk(&chunk[..10], &chunk[5..20]).is_none(),
+            "runs past its end"
+        );
+        assert!(
+            in_chunk(&chunk[10..], &chunk[5..20]).is_none(),
+            "starts before it"
+        );
     }
 
     #[tokio::test]
@@ -516,7 +512,7 @@ mod tests {
         // header (the stream is 40_005 + 7 + 4 + 4 + 30_005 bytes before the status frame).
         let cuts = [0, 40_010, 50_000, 70_026, stream.len()];
         for pair in cuts.windows(2) {
-            let chunk = Bytes::copy_from_slice(&stream[pair[0]..pair[1]]);
+            let chunk = stream[pair[0]..pair[1]].to_vec();
             recording
                 .observe(Direction::ServerToClient, &chunk)
                 .unwrap();

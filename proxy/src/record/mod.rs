@@ -521,6 +521,7 @@ impl Recorder {
 
         let (tx, rx) = std::sync::mpsc::channel::<SessionMsg>();
         let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let buffers = Arc::new(session::BufferPool::default());
         let sessions = Arc::new(SessionContext {
             tx: Mutex::new(Some(tx)),
             queued_bytes: queued_bytes.clone(),
@@ -528,6 +529,7 @@ impl Recorder {
             policy: cfg.on_session_overflow,
             port_forward_data: cfg.port_forward_data,
             metrics: metrics.clone(),
+            buffers: buffers.clone(),
         });
         let spawn_err =
             |e: std::io::Error| RecordError::Config(format!("cannot start a thread: {e}"));
@@ -536,7 +538,9 @@ impl Recorder {
             let metrics = metrics.clone();
             std::thread::Builder::new()
                 .name("record-sessions".into())
-                .spawn(move || session::run_writer(rx, store, queued_bytes, dirty, metrics))
+                .spawn(move || {
+                    session::run_writer(rx, store, queued_bytes, dirty, metrics, buffers)
+                })
                 .map_err(spawn_err)?
         };
         let flusher = {

@@ -11,7 +11,6 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::entry::{encode, now_unix_nanos, AuditIdentity, SCHEMA_VERSION};
@@ -211,9 +210,9 @@ pub enum OverflowPolicy {
 pub(crate) enum SessionMsg {
     Frame {
         session_seq: u64,
-        /// The encoded record is `head` followed by every part of `body`.
+        /// The encoded record is `head` followed by `body` (a pooled buffer; empty for markers).
         head: Vec<u8>,
-        body: Vec<Bytes>,
+        body: Vec<u8>,
         accounted: usize,
         budget: Arc<AtomicUsize>,
         failed: Arc<AtomicBool>,
@@ -221,6 +220,46 @@ pub(crate) enum SessionMsg {
     Close {
         record: Box<SessionRecord>,
     },
+}
+
+/// Buffers the data path copies frame data into and the writer thread hands back once written.
+/// Copying at once lets the proxy release each chunk it forwarded on the thread that read it:
+/// holding those chunks until the disk had them cost more (allocator churn, memory crossing
+/// cores) than the copy does, and a reused buffer needs no allocation per frame.
+#[derive(Default)]
+pub(crate) struct BufferPool {
+    free: Mutex<Vec<Vec<u8>>>,
+}
+
+impl BufferPool {
+    /// Enough for every session of a busy node to have a few frames in flight.
+    const MAX_FREE: usize = 64;
+    /// A buffer grown by one huge frame is not kept.
+    const MAX_KEPT: usize = 1 << 20;
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
+        self.free
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// An empty buffer with room for `len` bytes.
+    pub(crate) fn take(&self, len: usize) -> Vec<u8> {
+        let mut buffer = self.lock().pop().unwrap_or_default();
+        buffer.clear();
+        buffer.reserve(len);
+        buffer
+    }
+
+    pub(crate) fn give(&self, buffer: Vec<u8>) {
+        if buffer.capacity() == 0 || buffer.capacity() > Self::MAX_KEPT {
+            return;
+        }
+        let mut free = self.lock();
+        if free.len() < Self::MAX_FREE {
+            free.push(buffer);
+        }
+    }
 }
 
 /// Settings and shared counters a writer needs; one per recorder.
@@ -232,6 +271,7 @@ pub(crate) struct SessionContext {
     pub policy: OverflowPolicy,
     pub port_forward_data: bool,
     pub metrics: RecorderMetrics,
+    pub buffers: Arc<BufferPool>,
 }
 
 struct SessionState {
@@ -330,18 +370,12 @@ impl SessionWriter {
     /// be recorded (budget exceeded under `terminate`, a store failure, already closed): the
     /// caller must end the session.
     pub fn frame(&self, kind: FrameKind, data: &[u8]) -> Result<(), RecordError> {
-        let parts = if data.is_empty() {
-            Vec::new()
-        } else {
-            vec![Bytes::copy_from_slice(data)]
-        };
-        self.frame_parts(kind, parts)
+        self.frame_parts(kind, &[data])
     }
 
-    /// Like [`SessionWriter::frame`] with the data given as buffers to concatenate, which the
-    /// queue holds until the writer thread has written them (no copy: the gateway hands over
-    /// slices of the chunks it forwards).
-    pub fn frame_parts(&self, kind: FrameKind, parts: Vec<Bytes>) -> Result<(), RecordError> {
+    /// Like [`SessionWriter::frame`] with the data given in pieces to concatenate (a run of one
+    /// channel's data spread over several WebSocket frames of a chunk).
+    pub fn frame_parts(&self, kind: FrameKind, parts: &[&[u8]]) -> Result<(), RecordError> {
         let s = &self.state;
         if s.closed.load(Ordering::Acquire) {
             return Err(RecordError::SessionClosed);
@@ -355,7 +389,7 @@ impl SessionWriter {
             return Err(RecordError::SessionWriteFailed);
         }
         let t_us = self.elapsed_us();
-        let len: usize = parts.iter().map(Bytes::len).sum();
+        let len: usize = parts.iter().map(|p| p.len()).sum();
         self.count(kind, len, t_us);
         if matches!(kind, FrameKind::PortForwardData { .. }) && !s.ctx.port_forward_data {
             return Ok(());
@@ -371,7 +405,11 @@ impl SessionWriter {
             return self.overflow(before, len, t_us);
         }
         self.flush_gap(t_us)?;
-        self.send(head, parts, size)
+        let mut body = s.ctx.buffers.take(len);
+        for part in parts {
+            body.extend_from_slice(part);
+        }
+        self.send(head, body, size)
     }
 
     fn count(&self, kind: FrameKind, len: usize, t_us: u64) {
@@ -479,7 +517,7 @@ impl SessionWriter {
         self.send(value, Vec::new(), size)
     }
 
-    fn send(&self, head: Vec<u8>, body: Vec<Bytes>, size: usize) -> Result<(), RecordError> {
+    fn send(&self, head: Vec<u8>, body: Vec<u8>, size: usize) -> Result<(), RecordError> {
         let s = &self.state;
         s.next_index.fetch_add(1, Ordering::AcqRel);
         let total = s.ctx.queued_bytes.fetch_add(size, Ordering::AcqRel) + size;
@@ -550,6 +588,7 @@ pub(crate) fn run_writer(
     queued_bytes: Arc<AtomicUsize>,
     dirty: Arc<AtomicBool>,
     metrics: RecorderMetrics,
+    buffers: Arc<BufferPool>,
 ) {
     for msg in rx {
         match msg {
@@ -561,10 +600,9 @@ pub(crate) fn run_writer(
                 budget,
                 failed,
             } => {
-                let mut parts: Vec<&[u8]> = Vec::with_capacity(body.len() + 1);
-                parts.push(&head);
-                parts.extend(body.iter().map(|b| &b[..]));
-                if let Err(e) = store.append_frame(session_seq, &parts) {
+                let result = store.append_frame(session_seq, &[&head, &body]);
+                buffers.give(body);
+                if let Err(e) = result {
                     // Surfaces on the session's next frame, which ends it.
                     failed.store(true, Ordering::Release);
                     metrics.append_errors.inc();
