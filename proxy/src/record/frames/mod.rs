@@ -417,7 +417,7 @@ impl SessionDecoder {
 
 /// Where a decoder puts what it finds, in wire order. `Vec<StreamEvent>` is one (runs of data
 /// merged into one event); the gateway's recorder is another, which keeps data as slices of the
-/// chunk it pushed instead of copying them.
+/// chunk it pushed until the whole chunk decoded, then copies each run once.
 pub trait EventSink {
     /// Bytes on stdin, stdout or stderr (never called with nothing). `data` may point into the
     /// pushed chunk (unmasked server frames) or into a decoder's buffer.
