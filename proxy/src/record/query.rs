@@ -434,7 +434,8 @@ pub fn session_frames(store: &dyn Store, seq: u64) -> Result<Vec<FrameRecord>, R
         tracing::warn!(
             session_seq = seq,
             bytes = read.torn_tail_bytes,
-            "the session's last frame was cut short by an unclean stop; it is left out"
+            "the session's frames end in bytes that are not a whole frame (an unclean stop: a torn \
+             last frame, or the padding of a block synced before the session ended); left out"
         );
     }
     read.records
