@@ -137,8 +137,8 @@ const BLOCK: usize = 256 * 1024;
 pub enum WriteMode {
     /// Through a per-session block written with `O_DIRECT`, bypassing the page cache: copying
     /// a fast stream into the page cache and writing it back cost the gateway more CPU than
-    /// everything else recording does. Where the file system refuses `O_DIRECT`, a file is
-    /// written [`WriteMode::Buffered`].
+    /// everything else recording does. Where the file system refuses `O_DIRECT` (or reports a
+    /// stricter alignment), a file is written [`WriteMode::Buffered`].
     Direct,
     /// One `writev(2)` per frame into the page cache.
     Buffered,
@@ -307,7 +307,7 @@ impl FrameFiles {
                         block: Some(block),
                     });
                 }
-                // tmpfs, some network and FUSE file systems: no direct I/O.
+                // Some network and FUSE file systems, tmpfs before Linux 6.6: no direct I/O.
                 (Err(e), _) if e.raw_os_error() == Some(libc::EINVAL) => {
                     tracing::debug!(path = %path.display(), "no direct I/O here; frames go through the page cache");
                 }
@@ -577,7 +577,7 @@ mod tests {
         assert!(parse_records(b"something else entirely").is_err());
     }
 
-    /// Whether this directory's file system takes `O_DIRECT` (tmpfs does not).
+    /// Whether this directory's file system takes `O_DIRECT`.
     fn direct_io_works(dir: &Path) -> bool {
         OpenOptions::new()
             .write(true)
