@@ -90,7 +90,13 @@ impl TempDir {
 }
 
 impl Drop for TempDir {
+    /// Removes the directory, unless `PORTCULLIS_KEEP_TEST_DIRS` is set (to read the logs of a
+    /// failed run afterwards).
     fn drop(&mut self) {
+        if std::env::var_os("PORTCULLIS_KEEP_TEST_DIRS").is_some() {
+            eprintln!("kept {}", self.0.display());
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
