@@ -327,22 +327,20 @@ impl EventSink for ChunkEvents<'_> {
             return;
         }
         self.end_others();
-        let part = match in_chunk(self.chunk, data) {
-            Some(slice) => Part::InChunk(slice),
-            None => Part::Copied(data.to_vec()),
-        };
-        match self.found.last_mut() {
-            Some(Found::Data {
-                channel: last,
-                parts,
-            }) if *last == channel => match (part, parts.last_mut()) {
-                (Part::Copied(more), Some(Part::Copied(copied))) => copied.extend_from_slice(&more),
-                (part, _) => parts.push(part),
-            },
-            _ => self.found.push(Found::Data {
+        let same_run = matches!(self.found.last(), Some(Found::Data { channel: last, .. }) if *last == channel);
+        if !same_run {
+            self.found.push(Found::Data {
                 channel,
-                parts: vec![part],
-            }),
+                parts: Vec::new(),
+            });
+        }
+        if let Some(Found::Data { parts, .. }) = self.found.last_mut() {
+            // Pieces not in the chunk are copied together, straight onto the last copied piece.
+            match (in_chunk(self.chunk, data), parts.last_mut()) {
+                (Some(slice), _) => parts.push(Part::InChunk(slice)),
+                (None, Some(Part::Copied(copied))) => copied.extend_from_slice(data),
+                (None, _) => parts.push(Part::Copied(data.to_vec())),
+            }
         }
     }
 

@@ -271,7 +271,8 @@ impl FrameFiles {
     }
 
     /// Whether a session's open file is written with direct I/O.
-    pub fn is_direct(&self, session_seq: u64) -> bool {
+    #[cfg(test)]
+    fn is_direct(&self, session_seq: u64) -> bool {
         self.lock()
             .open
             .get(&session_seq)

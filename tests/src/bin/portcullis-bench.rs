@@ -1611,13 +1611,14 @@ mod exec_bench {
         let connector = tls_connector(&fixture.certs.ca)?;
         let limit = Duration::from_secs(args.exec_timeout_seconds);
         let exec = |variant: Variant, bytes: u64, gateway: &mut StartedGateway| {
-            let before = gateway.proc.cpu_ticks()?;
             // A recorded session that outruns the recorder is ended by the gateway
             // (`on_session_overflow: terminate`): a result to report, not a broken benchmark.
             // Only a cut the gateway counted as an overflow is one; any other early end is
-            // retried like in the unrecorded variant.
+            // retried like in the unrecorded variant. (Read before the CPU ticks: the scrape
+            // is not the run's work.)
             let admin = gateway.admin;
             let overflows_before = overflow_total(admin);
+            let before = gateway.proc.cpu_ticks()?;
             let cut_by_recorder =
                 || variant == Variant::Recorded && overflow_total(admin) > overflows_before;
             let (run, retries) = runtime.block_on(exec_checked(
