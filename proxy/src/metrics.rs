@@ -4,7 +4,7 @@
 //! token) as a label value; labels are verbs, resources from the classifier, and status codes.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Counter, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry,
 };
 
@@ -106,6 +106,8 @@ pub struct RecorderMetrics {
     pub durable_wait_seconds: Histogram,
     /// Session frame bytes queued for the writer thread (backpressure).
     pub session_queue_bytes: IntGauge,
+    /// Time sessions' streams were held so the recorder could catch up.
+    pub backpressure_seconds: Counter,
     /// Sessions whose byte budget was exceeded, by `policy` (`terminate`, `mark_gap`).
     pub session_overflows: IntCounterVec,
     /// Session bytes not recorded because the budget was exceeded.
@@ -151,6 +153,10 @@ impl RecorderMetrics {
                 "portcullis_record_session_queue_bytes",
                 "Session frame bytes waiting to be written",
             )?,
+            backpressure_seconds: Counter::new(
+                "portcullis_record_backpressure_seconds_total",
+                "Time session streams were held back so the recorder could keep up",
+            )?,
             session_overflows: IntCounterVec::new(
                 Opts::new(
                     "portcullis_record_session_overflows_total",
@@ -179,6 +185,7 @@ impl RecorderMetrics {
         registry.register(Box::new(self.flush_seconds.clone()))?;
         registry.register(Box::new(self.durable_wait_seconds.clone()))?;
         registry.register(Box::new(self.session_queue_bytes.clone()))?;
+        registry.register(Box::new(self.backpressure_seconds.clone()))?;
         registry.register(Box::new(self.session_overflows.clone()))?;
         registry.register(Box::new(self.session_dropped_bytes.clone()))?;
         registry.register(Box::new(self.checkpoints.clone()))?;

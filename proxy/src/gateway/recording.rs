@@ -156,9 +156,10 @@ impl SessionRecording {
     /// Slowing the stream is what a recorder should do when the disk falls behind; ending the
     /// session (the overflow policy) is only the last resort.
     pub fn backpressure(&self) -> Option<Duration> {
-        self.writer
-            .as_ref()
-            .and_then(|w| backpressure_for(w.backlog()))
+        let writer = self.writer.as_ref()?;
+        let delay = backpressure_for(writer.backlog())?;
+        writer.count_backpressure(delay);
+        Some(delay)
     }
 
     /// Ends the session record (exit code, and why it failed if it did).

@@ -649,6 +649,62 @@ mod tests {
         }
     }
 
+    /// A ramfs mounted on a fresh directory, unmounted on drop.
+    struct Ramfs(tempfile::TempDir);
+
+    impl Ramfs {
+        fn mount() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let target = std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes()).unwrap();
+            // SAFETY: NUL-terminated strings that outlive the call; no mount data.
+            let rc = unsafe {
+                libc::mount(
+                    c"ramfs".as_ptr(),
+                    target.as_ptr(),
+                    c"ramfs".as_ptr(),
+                    0,
+                    std::ptr::null(),
+                )
+            };
+            assert_eq!(rc, 0, "mount ramfs: {}", std::io::Error::last_os_error());
+            Ramfs(dir)
+        }
+    }
+
+    impl Drop for Ramfs {
+        fn drop(&mut self) {
+            let target =
+                std::ffi::CString::new(self.0.path().as_os_str().as_encoded_bytes()).unwrap();
+            // SAFETY: a NUL-terminated path that outlives the call.
+            unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+
+    #[test]
+    fn a_file_system_refusing_direct_io_gets_files_through_the_page_cache() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            // CI runs as root; a developer's unprivileged run cannot mount.
+            eprintln!("SKIPPED: mounting a ramfs needs root");
+            return;
+        }
+        // ramfs has no direct I/O: opening with O_DIRECT fails with EINVAL there.
+        let ramfs = Ramfs::mount();
+        assert!(!direct_io_works(ramfs.0.path()));
+        let files = FrameFiles::new(ramfs.0.path());
+        files.append(3, &[b"first"]).unwrap();
+        assert!(!files.is_direct(3));
+        files.append(3, &[b"sec", b"ond"]).unwrap();
+        files.sync().unwrap();
+        files.close(3).unwrap();
+        files.sync().unwrap();
+        let on_disk = std::fs::read(files.path(3)).unwrap();
+        assert_eq!(on_disk.len(), MAGIC.len() + 2 * HEADER + 11);
+        let read = files.read(3).unwrap();
+        assert_eq!(read.records, vec![b"first".to_vec(), b"second".to_vec()]);
+        assert_eq!(read.torn_tail_bytes, 0);
+    }
+
     #[test]
     fn frames_across_many_blocks_round_trip_in_both_modes() {
         for mode in [WriteMode::Direct, WriteMode::Buffered] {

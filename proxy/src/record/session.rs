@@ -354,6 +354,15 @@ impl SessionWriter {
         (queued / limit).min(1.0)
     }
 
+    /// Counts a pause the data path takes because of [`SessionWriter::backlog`].
+    pub fn count_backpressure(&self, delay: std::time::Duration) {
+        self.state
+            .ctx
+            .metrics
+            .backpressure_seconds
+            .inc_by(delay.as_secs_f64());
+    }
+
     /// The session's sequence number (`sessions list`, `replay`).
     pub fn seq(&self) -> u64 {
         self.state.seq

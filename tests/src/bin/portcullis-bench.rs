@@ -1031,6 +1031,33 @@ fn process_cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     Ok(utime + stime)
 }
 
+/// On-CPU nanoseconds of a process's threads (`/proc/<pid>/task/*/schedstat`, first field),
+/// split into the recorder's threads (named `record-*`) and all the others. A thread that
+/// ended between the listing and the read is left out.
+fn thread_cpu_ns(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let (mut recorder, mut other) = (0, 0);
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))?.flatten() {
+        let path = task.path();
+        let (Ok(comm), Ok(schedstat)) = (
+            std::fs::read_to_string(path.join("comm")),
+            std::fs::read_to_string(path.join("schedstat")),
+        ) else {
+            continue;
+        };
+        let ns: u64 = schedstat
+            .split_whitespace()
+            .next()
+            .context("empty schedstat")?
+            .parse()?;
+        if comm.starts_with("record-") {
+            recorder += ns;
+        } else {
+            other += ns;
+        }
+    }
+    Ok((recorder, other))
+}
+
 fn children_of(parent: u32) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -1544,6 +1571,9 @@ mod exec_bench {
     struct ExecSample {
         seconds: f64,
         gateway_ticks: u64,
+        /// On-CPU time of the gateway's recorder threads (`record-*`) and of the others.
+        recorder_ns: u64,
+        other_ns: u64,
         retries: u32,
         stdout_bytes: u64,
         /// False when the gateway ended the session before the command's exit status.
@@ -1619,6 +1649,7 @@ mod exec_bench {
             let admin = gateway.admin;
             let overflows_before = overflow_total(admin);
             let before = gateway.proc.cpu_ticks()?;
+            let threads_before = thread_cpu_ns(gateway.proc.child.id())?;
             let cut_by_recorder =
                 || variant == Variant::Recorded && overflow_total(admin) > overflows_before;
             let (run, retries) = runtime.block_on(exec_checked(
@@ -1638,9 +1669,12 @@ mod exec_bench {
                 )
             })?;
             gateway.proc.check_alive()?;
+            let threads_after = thread_cpu_ns(gateway.proc.child.id())?;
             anyhow::Ok(ExecSample {
                 seconds: run.elapsed.as_secs_f64(),
                 gateway_ticks: gateway.proc.cpu_ticks()?.saturating_sub(before),
+                recorder_ns: threads_after.0.saturating_sub(threads_before.0),
+                other_ns: threads_after.1.saturating_sub(threads_before.1),
                 retries,
                 stdout_bytes: run.stdout_bytes,
                 complete: run.status.is_some(),
@@ -1709,8 +1743,14 @@ mod exec_bench {
         );
         let _ = writeln!(
             out,
-            "{:<40} {:>11} {:>17} {:>16} {:>8} {:>9}",
-            "variant", "MB/s median", "(min..max)", "gateway CPU s", "retries", "complete"
+            "{:<40} {:>11} {:>17} {:>14} {:>18} {:>8} {:>9}",
+            "variant",
+            "MB/s median",
+            "(min..max)",
+            "gateway CPU s",
+            "recorder/other s",
+            "retries",
+            "complete"
         );
         let mut medians = BTreeMap::new();
         for variant in [Variant::Recorded, Variant::Unrecorded] {
@@ -1730,6 +1770,16 @@ mod exec_bench {
                     .collect(),
             );
             let rate = median(rates.clone());
+            let threads = format!(
+                "{:.3}/{:.3}",
+                median(
+                    complete
+                        .iter()
+                        .map(|r| r.recorder_ns as f64 / 1e9)
+                        .collect()
+                ),
+                median(complete.iter().map(|r| r.other_ns as f64 / 1e9).collect())
+            );
             if !complete.is_empty() {
                 medians.insert(variant == Variant::Recorded, (rate, cpu));
             }
@@ -1748,11 +1798,12 @@ mod exec_bench {
             };
             let _ = writeln!(
                 out,
-                "{:<40} {:>11} {:>17} {:>16} {:>8} {:>9}",
+                "{:<40} {:>11} {:>17} {:>14} {:>18} {:>8} {:>9}",
                 variant.label(),
                 rate,
                 range,
                 cpu,
+                threads,
                 runs.iter().map(|r| r.retries).sum::<u32>(),
                 format!("{}/{}", complete.len(), runs.len())
             );
@@ -1792,6 +1843,11 @@ mod exec_bench {
         for name in [OVERFLOWS, "portcullis_record_session_dropped_bytes_total"] {
             let _ = writeln!(out, "{name}: {:.0}", metric_total(&metrics, name));
         }
+        let _ = writeln!(
+            out,
+            "portcullis_record_backpressure_seconds_total: {:.3} (streams held so the disk keeps up)",
+            metric_total(&metrics, "portcullis_record_backpressure_seconds_total")
+        );
         match sessions {
             Ok(sessions) => {
                 for variant in [Variant::Recorded, Variant::Unrecorded] {

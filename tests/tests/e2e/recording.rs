@@ -399,6 +399,15 @@ fn a_session_faster_than_the_disk_is_slowed_down_not_cut() -> Result<()> {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
+    // The pauses are measured: an operator sees the disk holding streams back.
+    let (code, metrics) = harness::http_get_plain(s.gateway.admin, "/metrics")?;
+    let held: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("portcullis_record_backpressure_seconds_total "))
+        .context("no backpressure metric")?
+        .trim()
+        .parse()?;
+    ensure!(code == 200 && held > 0.0, "streams held for {held} s");
     s.gateway.terminate(Duration::from_secs(10))?;
     let sessions = sessions_of(&s)?;
     let stream = session_with(&sessions, |s| s["command"][0] == "stream")?;
