@@ -260,7 +260,7 @@ fn frame_kind(channel: Channel) -> FrameKind {
 }
 
 /// What the decoder found in one chunk, in wire order, held until the whole chunk decoded
-/// (then copied once, into the recorder's buffers). Data that lies in the chunk (server frames
+/// (then laid out once, into the session's block). Data that lies in the chunk (server frames
 /// are not masked) is kept as a slice of it; only pieces from a decoder's own buffer are copied
 /// here.
 struct ChunkEvents<'a> {

@@ -6,10 +6,10 @@
 //! capped recording at ~50 MiB/s; an append-only file takes frames at the speed of `write(2)`.
 //! The audit log, the session records and their ids stay in sled.
 //!
-//! Owns: the file layout, the record framing and how frames reach the disk. Must never: reorder
-//! or change a frame once written (a partial block is rewritten only with the same bytes and
-//! more), or keep frames only in memory past [`FrameFiles::sync`] (that is the group commit the
-//! recorder's flusher runs; a crash, or a killed process, loses at most what was appended since).
+//! Owns: the file layout, the record framing, the blocks frames are gathered in and how they
+//! reach the disk. Must never: reorder or change a frame once written (a partial block is
+//! rewritten only with the same bytes and more), or report a sync before what was written is
+//! durable.
 //!
 //! Record: `len: u32 LE`, `crc32(payload): u32 LE`, `payload` (a postcard `FrameRecord`, never
 //! empty). A file starts with [`MAGIC`]. A record cut short at the end of the file, a last
@@ -18,13 +18,14 @@
 //! reported as such; a bad CRC anywhere else, or anything but zeros after a zero header, is
 //! corruption.
 //!
-//! Writes bypass the page cache where the file system allows ([`WriteMode::Direct`]): each open
-//! session fills an aligned block that goes to the disk when full and, zero-padded, at each
-//! sync; a closed session's file is cut to its exact length.
+//! The data path lays records out in blocks ([`BlockBuilder`]: header, CRC and copy while the
+//! data is in cache); the recorder's writer thread only writes whole blocks at their offsets
+//! ([`FrameFiles::write`]), bypassing the page cache where the file system allows
+//! ([`WriteMode::Direct`]), plus the part of a block filled so far, zero-padded, before a group
+//! commit; a closed session's file is cut to its exact length.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{IoSlice, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -127,24 +128,201 @@ fn corrupt(index: usize, offset: usize) -> StoreError {
 
 /// `O_DIRECT` alignment of file offsets, lengths and buffers: the largest logical block size
 /// in use (4096; 512-byte devices accept it too).
-const ALIGN: usize = 4096;
-/// A session's frames reach the disk in blocks this big (and as a padded partial block at each
-/// sync). Held per open session: 260 KiB with its alignment slack.
-const BLOCK: usize = 256 * 1024;
+pub const ALIGN: usize = 4096;
+/// The largest block a session's frames are gathered in before they go to the disk.
+pub const MAX_BLOCK: usize = 256 * 1024;
 
 /// How frames reach their file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteMode {
-    /// Through a per-session block written with `O_DIRECT`, bypassing the page cache: copying
-    /// a fast stream into the page cache and writing it back cost the gateway more CPU than
-    /// everything else recording does. Where the file system refuses `O_DIRECT` (or reports a
-    /// stricter alignment), a file is written [`WriteMode::Buffered`].
+    /// With `O_DIRECT`, bypassing the page cache: copying a fast stream into the page cache and
+    /// writing it back cost the gateway more CPU than everything else recording does. Where the
+    /// file system refuses `O_DIRECT` (or reports a stricter alignment), a file is written
+    /// [`WriteMode::Buffered`].
     Direct,
-    /// One `writev(2)` per frame into the page cache.
+    /// Through the page cache (the same bytes at the same offsets).
     Buffered,
 }
 
-/// The frame files of one store.
+/// One block of a session's frame file, filled in memory by the data path and written whole by
+/// the recorder's writer thread: the file is the concatenation of its blocks. Its memory is
+/// aligned for direct I/O.
+pub struct FrameBlock {
+    /// `size + ALIGN` bytes: the aligned window starts at `start`.
+    mem: Vec<u8>,
+    start: usize,
+    size: usize,
+    /// Bytes of the window in use.
+    len: usize,
+    /// Where the window goes in the file (a multiple of `size`).
+    offset: u64,
+}
+
+impl FrameBlock {
+    fn with_memory(mem: Vec<u8>, size: usize, offset: u64) -> Result<Self, StoreError> {
+        let start = mem.as_ptr().align_offset(ALIGN);
+        if start >= ALIGN || mem.len() < start + size {
+            return Err(StoreError::Io("cannot align a frame block".into()));
+        }
+        Ok(FrameBlock {
+            mem,
+            start,
+            size,
+            len: 0,
+            offset,
+        })
+    }
+
+    /// Where this block's bytes go in the file.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The bytes written into the block so far.
+    pub fn filled(&self) -> &[u8] {
+        &self.mem[self.start..self.start + self.len]
+    }
+
+    /// The length of the file once this block is written (its end).
+    pub fn end(&self) -> u64 {
+        self.offset + self.len as u64
+    }
+
+    fn is_full(&self) -> bool {
+        self.len == self.size
+    }
+
+    fn room(&self) -> usize {
+        self.size - self.len
+    }
+
+    fn put(&mut self, bytes: &[u8]) {
+        let at = self.start + self.len;
+        self.mem[at..at + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+    }
+}
+
+/// Memory for frame blocks, handed back by the writer once a block is written: a block is
+/// reused rather than freshly allocated (a fresh one costs a page fault per 4 KiB on first
+/// touch).
+pub struct BlockPool {
+    size: usize,
+    free: Mutex<Vec<Vec<u8>>>,
+}
+
+impl BlockPool {
+    /// Blocks kept for reuse: enough for a full default session queue.
+    const MAX_FREE: usize = 32;
+
+    /// Blocks of `size` bytes (a multiple of [`ALIGN`], at most [`MAX_BLOCK`]).
+    pub fn new(size: usize) -> Self {
+        Self {
+            size: size.clamp(ALIGN, MAX_BLOCK) / ALIGN * ALIGN,
+            free: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The block size for a session queue of `queue_bytes`: an eighth of it, so backpressure
+    /// and the overflow policy see the queue fill in steps (at most [`MAX_BLOCK`]).
+    pub fn size_for_queue(queue_bytes: usize) -> usize {
+        (queue_bytes / 8).clamp(ALIGN, MAX_BLOCK) / ALIGN * ALIGN
+    }
+
+    pub fn block_size(&self) -> usize {
+        self.size
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
+        self.free
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn take(&self, offset: u64) -> Result<FrameBlock, StoreError> {
+        let mem = self
+            .lock()
+            .pop()
+            .unwrap_or_else(|| vec![0; self.size + ALIGN]);
+        FrameBlock::with_memory(mem, self.size, offset)
+    }
+
+    /// Hands a written block's memory back.
+    pub fn give(&self, block: FrameBlock) {
+        if block.size != self.size {
+            return;
+        }
+        let mut free = self.lock();
+        if free.len() < Self::MAX_FREE {
+            free.push(block.mem);
+        }
+    }
+}
+
+/// Lays a session's frame records out in blocks: the file's magic, then each record's header
+/// and payload, cut into blocks of the pool's size. Pure apart from taking memory from the pool.
+pub struct BlockBuilder {
+    block: FrameBlock,
+}
+
+impl BlockBuilder {
+    /// The first block of a new file, holding the magic.
+    pub fn new(pool: &BlockPool) -> Result<Self, StoreError> {
+        let mut block = pool.take(0)?;
+        block.put(MAGIC);
+        Ok(Self { block })
+    }
+
+    /// How many blocks a record of `payload_len` bytes would fill up.
+    pub fn blocks_filled_by(&self, payload_len: usize) -> usize {
+        (self.block.len + HEADER + payload_len) / self.block.size
+    }
+
+    /// Appends one record (its payload is `parts` concatenated; never empty), handing each
+    /// block it fills to `full`, in file order.
+    pub fn push(
+        &mut self,
+        pool: &BlockPool,
+        parts: &[&[u8]],
+        mut full: impl FnMut(FrameBlock),
+    ) -> Result<(), StoreError> {
+        let header = record_header(parts)?;
+        if header[..4] == [0; 4] {
+            // A zero header is where the padding of a synced partial block begins.
+            return Err(StoreError::Io("an empty frame cannot be stored".into()));
+        }
+        for piece in std::iter::once(&header[..]).chain(parts.iter().copied()) {
+            let mut rest = piece;
+            while !rest.is_empty() {
+                if self.block.is_full() {
+                    let next = pool.take(self.block.offset + self.block.size as u64)?;
+                    full(std::mem::replace(&mut self.block, next));
+                }
+                let n = self.block.room().min(rest.len());
+                let (now, later) = rest.split_at(n);
+                self.block.put(now);
+                rest = later;
+            }
+        }
+        if self.block.is_full() {
+            let next = pool.take(self.block.offset + self.block.size as u64)?;
+            full(std::mem::replace(&mut self.block, next));
+        }
+        Ok(())
+    }
+
+    /// The block being filled.
+    pub fn current(&self) -> &FrameBlock {
+        &self.block
+    }
+
+    /// The last, partly filled block (the session ended).
+    pub fn finish(self) -> FrameBlock {
+        self.block
+    }
+}
+
+/// The frame files of one store: where the writer thread puts blocks.
 pub struct FrameFiles {
     dir: PathBuf,
     mode: WriteMode,
@@ -163,77 +341,8 @@ struct State {
 
 struct OpenFile {
     file: File,
-    /// `Some` for a file opened with `O_DIRECT`: the frames not yet in a whole block.
-    block: Option<Block>,
-}
-
-/// The block of a direct-I/O file being filled: frames are copied in, and the block is written
-/// at its (aligned) file offset when full, or padded with zeros at a sync (the next write of the
-/// block overwrites the padding). A process killed between syncs loses what the block held, as
-/// a power failure loses what was not synced.
-struct Block {
-    /// `BLOCK + ALIGN` bytes: the aligned window starts at `start`.
-    mem: Vec<u8>,
-    start: usize,
-    /// Bytes of the window in use.
-    len: usize,
-    /// Where the window goes in the file (a multiple of `BLOCK`).
-    offset: u64,
-}
-
-impl Block {
-    fn new() -> Option<Block> {
-        let mem = vec![0u8; BLOCK + ALIGN];
-        let start = mem.as_ptr().align_offset(ALIGN);
-        (start < ALIGN).then_some(Block {
-            mem,
-            start,
-            len: 0,
-            offset: 0,
-        })
-    }
-
-    fn window(&mut self, end: usize) -> &mut [u8] {
-        &mut self.mem[self.start..self.start + end]
-    }
-
-    fn filled(&self) -> &[u8] {
-        &self.mem[self.start..self.start + self.len]
-    }
-
-    fn push(&mut self, file: &File, mut bytes: &[u8]) -> std::io::Result<()> {
-        while !bytes.is_empty() {
-            let n = (BLOCK - self.len).min(bytes.len());
-            let (now, rest) = bytes.split_at(n);
-            let len = self.len;
-            self.window(len + n)[len..].copy_from_slice(now);
-            self.len += n;
-            bytes = rest;
-            if self.len == BLOCK {
-                let offset = self.offset;
-                file.write_all_at(self.window(BLOCK), offset)?;
-                self.offset += BLOCK as u64;
-                self.len = 0;
-            }
-        }
-        Ok(())
-    }
-
-    /// Writes the partial block, zero-padded to the alignment; the block keeps its contents.
-    fn write_partial(&mut self, file: &File) -> std::io::Result<()> {
-        if self.len == 0 {
-            return Ok(());
-        }
-        let (len, padded, offset) = (self.len, self.len.next_multiple_of(ALIGN), self.offset);
-        let window = self.window(padded);
-        window[len..].fill(0);
-        file.write_all_at(window, offset)
-    }
-
-    /// The length of the file's contents.
-    fn end(&self) -> u64 {
-        self.offset + self.len as u64
-    }
+    /// Opened with `O_DIRECT`.
+    direct: bool,
 }
 
 fn io(what: &str, path: &Path, e: std::io::Error) -> StoreError {
@@ -276,7 +385,7 @@ impl FrameFiles {
         self.lock()
             .open
             .get(&session_seq)
-            .is_some_and(|open| open.block.is_some())
+            .is_some_and(|open| open.direct)
     }
 
     /// Creates the file of a session that starts writing frames now.
@@ -298,44 +407,38 @@ impl FrameFiles {
                 .truncate(true)
                 .custom_flags(libc::O_DIRECT)
                 .open(&path);
-            match (direct, Block::new()) {
-                (Ok(file), Some(mut block)) if direct_io_alignment_fits(&file) != Some(false) => {
-                    block
-                        .push(&file, MAGIC)
-                        .map_err(|e| io("write", &path, e))?;
-                    return Ok(OpenFile {
-                        file,
-                        block: Some(block),
-                    });
+            match direct {
+                Ok(file) if direct_io_alignment_fits(&file) != Some(false) => {
+                    return Ok(OpenFile { file, direct: true });
                 }
-                // Some network and FUSE file systems, tmpfs before Linux 6.6: no direct I/O.
-                (Err(e), _) if e.raw_os_error() == Some(libc::EINVAL) => {
+                // Some network and FUSE file systems, ramfs, tmpfs before Linux 6.6.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                     tracing::debug!(path = %path.display(), "no direct I/O here; frames go through the page cache");
                 }
-                (Err(e), _) => return Err(io("open", &path, e)),
-                // Stricter alignment than ours, or no aligned block: through the page cache.
-                (Ok(_), _) => {}
+                Err(e) => return Err(io("open", &path, e)),
+                // A stricter alignment than ours: through the page cache.
+                Ok(_) => {}
             }
         }
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .open(&path)
             .map_err(|e| io("open", &path, e))?;
-        file.write_all(MAGIC).map_err(|e| io("write", &path, e))?;
-        Ok(OpenFile { file, block: None })
+        Ok(OpenFile {
+            file,
+            direct: false,
+        })
     }
 
-    /// Appends one frame, its payload given as `parts` (concatenated; the data path hands over
-    /// an encoded prefix and the stream's own buffers, so nothing is copied to join them):
-    /// handed to the OS now (or, with direct I/O, when its block fills), durable at the next
-    /// [`FrameFiles::sync`].
-    pub fn append(&self, session_seq: u64, parts: &[&[u8]]) -> Result<(), StoreError> {
-        let header = record_header(parts)?;
-        if header[..4] == [0; 4] {
-            // A zero header is where the padding of a synced partial block begins.
-            return Err(StoreError::Io("an empty frame cannot be stored".into()));
+    /// Writes `bytes` at `offset` of a session's file (a block of its frames, whole or the part
+    /// filled so far): handed to the OS now, durable at the next [`FrameFiles::sync`]. With
+    /// direct I/O, bytes not aligned in memory or length are copied into an aligned buffer and
+    /// padded with zeros (a later write of the block overwrites the padding).
+    pub fn write(&self, session_seq: u64, offset: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        if bytes.is_empty() {
+            return Ok(());
         }
         let mut state = self.lock();
         if !state.open.contains_key(&session_seq) {
@@ -344,7 +447,7 @@ impl FrameFiles {
             state.open.insert(session_seq, open);
         }
         let State { open, unsynced, .. } = &mut *state;
-        let Some(OpenFile { file, block }) = open.get_mut(&session_seq) else {
+        let Some(OpenFile { file, direct }) = open.get(&session_seq) else {
             return Err(StoreError::Io("frame file vanished while open".into()));
         };
         if let std::collections::hash_map::Entry::Vacant(entry) = unsynced.entry(session_seq) {
@@ -353,64 +456,33 @@ impl FrameFiles {
                 .map_err(|e| io("open", &self.path(session_seq), e))?;
             entry.insert(handle);
         }
-        let write_error = |e| io("write", &self.path(session_seq), e);
-        if let Some(block) = block {
-            block.push(file, &header).map_err(write_error)?;
-            for part in parts {
-                block.push(file, part).map_err(write_error)?;
-            }
-            return Ok(());
-        }
-        // One writev per frame (header and payload parts without copying them together). A
-        // record of more parts than one writev takes is written in several calls, which is
-        // just as whole once all returned.
-        let mut slices = Vec::with_capacity(parts.len() + 1);
-        slices.push(IoSlice::new(&header));
-        slices.extend(parts.iter().map(|p| IoSlice::new(p)));
-        let mut remaining: &mut [IoSlice<'_>] = &mut slices;
-        while !remaining.is_empty() {
-            match file.write_vectored(remaining) {
-                Ok(0) => return Err(write_error(std::io::ErrorKind::WriteZero.into())),
-                Ok(n) => IoSlice::advance_slices(&mut remaining, n),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(write_error(e)),
-            }
-        }
-        Ok(())
+        let aligned = |n: usize| n.is_multiple_of(ALIGN);
+        let result = if !*direct || (aligned(bytes.as_ptr() as usize) && aligned(bytes.len())) {
+            file.write_all_at(bytes, offset)
+        } else {
+            let padded = pad_for_direct_io(bytes)?;
+            file.write_all_at(padded.window(), offset)
+        };
+        result.map_err(|e| io("write", &self.path(session_seq), e))
     }
 
-    /// The session ended: the rest of its frames are written and the file cut to its exact
-    /// length (durable at the next [`FrameFiles::sync`]).
-    pub fn close(&self, session_seq: u64) -> Result<(), StoreError> {
-        let Some(mut open) = self.lock().open.remove(&session_seq) else {
+    /// The session ended: its file is cut to `end` bytes, its exact length (durable at the next
+    /// [`FrameFiles::sync`]).
+    pub fn close(&self, session_seq: u64, end: u64) -> Result<(), StoreError> {
+        let Some(open) = self.lock().open.remove(&session_seq) else {
             return Ok(());
         };
-        if let Some(block) = open.block.as_mut() {
-            let path = self.path(session_seq);
-            block
-                .write_partial(&open.file)
-                .map_err(|e| io("write", &path, e))?;
-            open.file
-                .set_len(block.end())
-                .map_err(|e| io("truncate", &path, e))?;
-        }
-        Ok(())
+        open.file
+            .set_len(end)
+            .map_err(|e| io("truncate", &self.path(session_seq), e))
     }
 
-    /// Makes every frame appended so far durable: partial blocks written, then `fdatasync`
-    /// each file written since the last sync (outside the lock, so appends go on meanwhile),
-    /// then the directory if a file was created.
+    /// Makes every block written so far durable: `fdatasync` each file written since the last
+    /// sync (outside the lock, so writes go on meanwhile), then the directory if a file was
+    /// created.
     pub fn sync(&self) -> Result<(), StoreError> {
         let (files, created) = {
             let mut state = self.lock();
-            let State { open, unsynced, .. } = &mut *state;
-            for (seq, open) in open.iter_mut() {
-                if let (Some(block), true) = (open.block.as_mut(), unsynced.contains_key(seq)) {
-                    block
-                        .write_partial(&open.file)
-                        .map_err(|e| io("write", &self.path(*seq), e))?;
-                }
-            }
             let created = std::mem::take(&mut state.created);
             (std::mem::take(&mut state.unsynced), created)
         };
@@ -426,27 +498,11 @@ impl FrameFiles {
         Ok(())
     }
 
-    /// Reads a session's frames: everything appended, synced or not (an open session's file
-    /// is read under the lock, with the frames its block holds).
+    /// Reads a session's frames: what has been written to its file (for a session still open,
+    /// the frames its writer has written so far).
     pub fn read(&self, session_seq: u64) -> Result<ReadFrames, StoreError> {
         let path = self.path(session_seq);
-        let bytes = {
-            let state = self.lock();
-            match state.open.get(&session_seq) {
-                Some(OpenFile {
-                    block: Some(block), ..
-                }) => {
-                    let mut bytes = read_file(&path)?;
-                    bytes.truncate(usize::try_from(block.offset).unwrap_or(usize::MAX));
-                    bytes.extend_from_slice(block.filled());
-                    bytes
-                }
-                _ => {
-                    drop(state);
-                    read_file(&path)?
-                }
-            }
-        };
+        let bytes = read_file(&path)?;
         if bytes.is_empty() {
             return Ok(ReadFrames::default());
         }
@@ -471,6 +527,21 @@ impl FrameFiles {
             }
         }
         Ok(())
+    }
+}
+
+/// `bytes` in aligned memory, zero-padded to a multiple of [`ALIGN`].
+fn pad_for_direct_io(bytes: &[u8]) -> Result<FrameBlock, StoreError> {
+    let size = bytes.len().next_multiple_of(ALIGN);
+    let mut block = FrameBlock::with_memory(vec![0; size + ALIGN], size, 0)?;
+    block.put(bytes);
+    block.len = size;
+    Ok(block)
+}
+
+impl FrameBlock {
+    fn window(&self) -> &[u8] {
+        &self.mem[self.start..self.start + self.len]
     }
 }
 
@@ -600,33 +671,83 @@ mod tests {
         assert_ne!(direct_io_alignment_fits(&file), Some(false));
     }
 
+    /// A session as the recorder writes it: records laid out by a builder, full blocks written
+    /// as they fill, the partial block written (and the files synced) when `sync` says so.
+    struct Session<'a> {
+        files: &'a FrameFiles,
+        pool: &'a BlockPool,
+        seq: u64,
+        builder: BlockBuilder,
+    }
+
+    impl<'a> Session<'a> {
+        fn new(files: &'a FrameFiles, pool: &'a BlockPool, seq: u64) -> Self {
+            Session {
+                files,
+                pool,
+                seq,
+                builder: BlockBuilder::new(pool).unwrap(),
+            }
+        }
+
+        fn push(&mut self, parts: &[&[u8]]) {
+            let mut full = Vec::new();
+            self.builder
+                .push(self.pool, parts, |block| full.push(block))
+                .unwrap();
+            for block in full {
+                assert_eq!(block.filled().len(), self.pool.block_size());
+                self.files
+                    .write(self.seq, block.offset(), block.filled())
+                    .unwrap();
+                self.pool.give(block);
+            }
+        }
+
+        fn sync(&self) {
+            let partial = self.builder.current();
+            self.files
+                .write(self.seq, partial.offset(), partial.filled())
+                .unwrap();
+            self.files.sync().unwrap();
+        }
+
+        fn close(self) {
+            let tail = self.builder.finish();
+            self.files
+                .write(self.seq, tail.offset(), tail.filled())
+                .unwrap();
+            self.files.close(self.seq, tail.end()).unwrap();
+        }
+    }
+
     #[test]
-    fn files_append_close_sync_read_and_remove_in_both_modes() {
+    fn sessions_write_sync_close_read_and_remove_in_both_modes() {
         for mode in [WriteMode::Direct, WriteMode::Buffered] {
             let dir = tempfile::tempdir().unwrap();
             let files = FrameFiles::with_mode(dir.path(), mode);
-            files.append(7, &[b"a"]).unwrap();
-            files.append(8, &[b"x"]).unwrap();
-            files.append(7, &[b"b", b"", b"b"]).unwrap();
+            let pool = BlockPool::new(MAX_BLOCK);
+            let mut seven = Session::new(&files, &pool, 7);
+            let mut eight = Session::new(&files, &pool, 8);
+            seven.push(&[b"a"]);
+            eight.push(&[b"x"]);
+            seven.push(&[b"b", b"", b"b"]);
+            // Nothing written yet: the frames are in the sessions' blocks.
+            assert!(files.read(7).unwrap().records.is_empty(), "{mode:?}");
+            seven.sync();
             let direct = mode == WriteMode::Direct && direct_io_works(dir.path());
             assert_eq!(files.is_direct(7), direct, "{mode:?}");
-            // Read while open: every frame appended, synced or not.
-            assert_eq!(
-                files.read(7).unwrap().records,
-                vec![b"a".to_vec(), b"bb".to_vec()],
-                "{mode:?}"
-            );
-            files.sync().unwrap();
             // On disk after a sync, before the end: the frames, then (direct) zero padding.
             let on_disk = std::fs::read(files.path(7)).unwrap();
             let parsed = parse_records(&on_disk).unwrap();
             assert_eq!(parsed.records, vec![b"a".to_vec(), b"bb".to_vec()]);
             assert_eq!(on_disk.len().is_multiple_of(ALIGN), direct, "{mode:?}");
-            files.append(7, &[b"ccc"]).unwrap();
-            files.close(7).unwrap();
+            seven.push(&[b"ccc"]);
+            seven.close();
             files.sync().unwrap();
             // Closed: cut to its exact length.
             let on_disk = std::fs::read(files.path(7)).unwrap();
+            assert_eq!(on_disk.len(), MAGIC.len() + 3 * HEADER + 6, "{mode:?}");
             let parsed = parse_records(&on_disk).unwrap();
             assert_eq!(parsed.records.len(), 3);
             assert_eq!(parsed.torn_tail_bytes, 0, "{mode:?}");
@@ -635,8 +756,9 @@ mod tests {
             // A new session under a number whose file is there (its record was lost): the old
             // frames are moved aside, not mixed in; retention removes both.
             let again = FrameFiles::with_mode(dir.path(), mode);
-            again.append(7, &[b"dddd"]).unwrap();
-            again.close(7).unwrap();
+            let mut seven = Session::new(&again, &pool, 7);
+            seven.push(&[b"dddd"]);
+            seven.close();
             assert_eq!(again.read(7).unwrap().records, vec![b"dddd".to_vec()]);
             let aside = std::fs::read(again.orphan_path(7)).unwrap();
             assert_eq!(parse_records(&aside).unwrap().records.len(), 3);
@@ -644,9 +766,33 @@ mod tests {
             again.remove(7).unwrap();
             assert!(again.read(7).unwrap().records.is_empty());
             assert!(!again.orphan_path(7).exists());
+            eight.close();
             assert_eq!(files.read(8).unwrap().records, vec![b"x".to_vec()]);
-            assert!(files.append(9, &[b""]).is_err(), "empty frames are refused");
+            let mut builder = BlockBuilder::new(&pool).unwrap();
+            assert!(
+                builder.push(&pool, &[b""], |_| {}).is_err(),
+                "empty frames are refused"
+            );
         }
+    }
+
+    #[test]
+    fn the_builder_says_how_many_blocks_a_record_fills() {
+        let pool = BlockPool::new(ALIGN);
+        let mut builder = BlockBuilder::new(&pool).unwrap();
+        let room = ALIGN - MAGIC.len() - HEADER;
+        assert_eq!(builder.blocks_filled_by(room - 1), 0);
+        assert_eq!(builder.blocks_filled_by(room), 1);
+        assert_eq!(builder.blocks_filled_by(room + 2 * ALIGN), 3);
+        let mut full = Vec::new();
+        builder
+            .push(&pool, &[&vec![7; room + 2 * ALIGN]], |b| {
+                full.push(b.offset())
+            })
+            .unwrap();
+        assert_eq!(full, vec![0, ALIGN as u64, 2 * ALIGN as u64]);
+        assert_eq!(builder.current().offset(), 3 * ALIGN as u64);
+        assert!(builder.current().filled().is_empty());
     }
 
     /// A ramfs mounted on a fresh directory, unmounted on drop.
@@ -692,11 +838,13 @@ mod tests {
         let ramfs = Ramfs::mount();
         assert!(!direct_io_works(ramfs.0.path()));
         let files = FrameFiles::new(ramfs.0.path());
-        files.append(3, &[b"first"]).unwrap();
+        let pool = BlockPool::new(MAX_BLOCK);
+        let mut session = Session::new(&files, &pool, 3);
+        session.push(&[b"first"]);
+        session.sync();
         assert!(!files.is_direct(3));
-        files.append(3, &[b"sec", b"ond"]).unwrap();
-        files.sync().unwrap();
-        files.close(3).unwrap();
+        session.push(&[b"sec", b"ond"]);
+        session.close();
         files.sync().unwrap();
         let on_disk = std::fs::read(files.path(3)).unwrap();
         assert_eq!(on_disk.len(), MAGIC.len() + 2 * HEADER + 11);
@@ -708,32 +856,43 @@ mod tests {
     #[test]
     fn frames_across_many_blocks_round_trip_in_both_modes() {
         for mode in [WriteMode::Direct, WriteMode::Buffered] {
-            let dir = tempfile::tempdir().unwrap();
-            let files = FrameFiles::with_mode(dir.path(), mode);
-            let mut expected = Vec::new();
-            // Sizes around and across the block size, synced now and then mid-block.
-            for (i, size) in [1, BLOCK - 20, 3, BLOCK, 2 * BLOCK + 5, 4095, 4096, 70_000]
+            for block_size in [ALIGN, MAX_BLOCK] {
+                let dir = tempfile::tempdir().unwrap();
+                let files = FrameFiles::with_mode(dir.path(), mode);
+                let pool = BlockPool::new(block_size);
+                let mut session = Session::new(&files, &pool, 1);
+                let mut expected = Vec::new();
+                // Sizes around and across the block size, synced now and then mid-block.
+                for (i, size) in [
+                    1,
+                    MAX_BLOCK - 20,
+                    3,
+                    MAX_BLOCK,
+                    2 * MAX_BLOCK + 5,
+                    4095,
+                    4096,
+                    70_000,
+                ]
                 .into_iter()
                 .enumerate()
-            {
-                let payload: Vec<u8> = (0..size).map(|j| ((i * 31 + j) % 251) as u8).collect();
-                let (head, tail) = payload.split_at(size / 2);
-                files.append(1, &[head, tail]).unwrap();
-                expected.push(payload);
-                if i % 3 == 0 {
-                    files.sync().unwrap();
+                {
+                    let payload: Vec<u8> = (0..size).map(|j| ((i * 31 + j) % 251) as u8).collect();
+                    let (head, tail) = payload.split_at(size / 2);
+                    session.push(&[head, tail]);
+                    expected.push(payload);
+                    if i % 3 == 0 {
+                        session.sync();
+                        // What a crash now leaves: every frame pushed so far.
+                        let read = files.read(1).unwrap();
+                        assert_eq!(read.records, expected, "{mode:?} {block_size} frame {i}");
+                    }
                 }
-                assert_eq!(
-                    files.read(1).unwrap().records,
-                    expected,
-                    "{mode:?} frame {i}"
-                );
+                session.close();
+                files.sync().unwrap();
+                let read = files.read(1).unwrap();
+                assert_eq!(read.records, expected, "{mode:?} {block_size}");
+                assert_eq!(read.torn_tail_bytes, 0);
             }
-            files.close(1).unwrap();
-            files.sync().unwrap();
-            let read = files.read(1).unwrap();
-            assert_eq!(read.records, expected, "{mode:?}");
-            assert_eq!(read.torn_tail_bytes, 0);
         }
     }
 }

@@ -521,7 +521,10 @@ impl Recorder {
 
         let (tx, rx) = std::sync::mpsc::channel::<SessionMsg>();
         let queued_bytes = Arc::new(AtomicUsize::new(0));
-        let buffers = Arc::new(session::BufferPool::default());
+        let blocks = Arc::new(frame_files::BlockPool::new(
+            frame_files::BlockPool::size_for_queue(cfg.session_queue_max_bytes),
+        ));
+        let live = Arc::new(session::LiveSessions::default());
         let sessions = Arc::new(SessionContext {
             tx: Mutex::new(Some(tx)),
             queued_bytes: queued_bytes.clone(),
@@ -529,18 +532,24 @@ impl Recorder {
             policy: cfg.on_session_overflow,
             port_forward_data: cfg.port_forward_data,
             metrics: metrics.clone(),
-            buffers: buffers.clone(),
+            blocks: blocks.clone(),
+            live: live.clone(),
         });
         let spawn_err =
             |e: std::io::Error| RecordError::Config(format!("cannot start a thread: {e}"));
         let session_thread = {
-            let store = store.clone();
-            let metrics = metrics.clone();
+            let writer = session::WriterContext {
+                store: store.clone(),
+                queued_bytes,
+                dirty,
+                metrics: metrics.clone(),
+                blocks,
+                live,
+                partial_interval: shared.flush_interval,
+            };
             std::thread::Builder::new()
                 .name("record-sessions".into())
-                .spawn(move || {
-                    session::run_writer(rx, store, queued_bytes, dirty, metrics, buffers)
-                })
+                .spawn(move || session::run_writer(rx, writer))
                 .map_err(spawn_err)?
         };
         let flusher = {

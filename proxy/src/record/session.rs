@@ -2,18 +2,20 @@
 //! the writer the data path feeds.
 //!
 //! Owns: session and frame encoding, the per-session byte budget and what happens when it is
-//! exceeded. Must never: block the caller (frames go to a queue a background thread drains), or
-//! drop a frame without leaving a marker in the recording and a metric.
+//! exceeded, the writer thread. Must never: make the caller wait for the disk (the data path
+//! lays frames out in blocks; full blocks go to a queue the writer thread drains), or drop a
+//! frame without leaving a marker in the recording and a metric.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::Sender;
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use super::entry::{encode, now_unix_nanos, AuditIdentity, SCHEMA_VERSION};
+use super::frame_files::{BlockBuilder, BlockPool, FrameBlock};
 use super::store::{seq_key, Store, Tree};
 use super::RecordError;
 use crate::metrics::RecorderMetrics;
@@ -170,8 +172,9 @@ pub struct FrameRecord {
 
 /// The encoding of a `FrameRecord` holding `FrameEvent::Data` up to its data: followed by the
 /// `len` data bytes it is exactly a `FrameRecord`'s encoding (a unit test holds them together;
-/// postcard writes bytes as a varint length and the bytes, and `Data` is variant 0). The writer
-/// writes this prefix and then the data as it was queued, so no record is built around it.
+/// postcard writes bytes as a varint length and the bytes, and `Data` is variant 0). The data
+/// path lays this prefix and then the stream's own bytes into the session's block, so no
+/// record is built around them.
 #[derive(Serialize)]
 struct DataFramePrefix {
     schema: u16,
@@ -208,58 +211,51 @@ pub enum OverflowPolicy {
 }
 
 pub(crate) enum SessionMsg {
-    Frame {
+    /// A full block of a session's frame file, to be written at its offset.
+    Block {
         session_seq: u64,
-        /// The encoded record is `head` followed by `body` (a pooled buffer; empty for markers).
-        head: Vec<u8>,
-        body: Vec<u8>,
+        block: FrameBlock,
         accounted: usize,
         budget: Arc<AtomicUsize>,
         failed: Arc<AtomicBool>,
+        written: Arc<AtomicU64>,
     },
     Close {
         record: Box<SessionRecord>,
+        /// The last, partly filled block; `None` when the session stored no frame.
+        tail: Option<FrameBlock>,
     },
+    /// A session opened: a writer waiting for blocks must start writing partial blocks on its
+    /// interval (a quiet session may never fill a block).
+    Opened,
 }
 
-/// Buffers the data path copies frame data into and the writer thread hands back once written.
-/// Copying at once lets the proxy release each chunk it forwarded where it read it, and makes a
-/// session's queue budget exactly the memory the queue holds; a reused buffer needs no
-/// allocation per frame. (Holding slices of the forwarded chunks instead measured the same
-/// throughput, but a small slice can keep a whole 64 KiB chunk alive.)
+/// The open sessions, so the writer thread can write the part of each one's block filled so
+/// far before a group commit.
 #[derive(Default)]
-pub(crate) struct BufferPool {
-    free: Mutex<Vec<Vec<u8>>>,
+pub(crate) struct LiveSessions {
+    sessions: Mutex<HashMap<u64, Weak<SessionState>>>,
 }
 
-impl BufferPool {
-    /// Enough for every session of a busy node to have a few frames in flight.
-    const MAX_FREE: usize = 64;
-    /// A buffer grown by one huge frame is not kept.
-    const MAX_KEPT: usize = 1 << 20;
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
-        self.free
+impl LiveSessions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Weak<SessionState>>> {
+        self.sessions
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// An empty buffer with room for `len` bytes.
-    pub(crate) fn take(&self, len: usize) -> Vec<u8> {
-        let mut buffer = self.lock().pop().unwrap_or_default();
-        buffer.clear();
-        buffer.reserve(len);
-        buffer
+    fn is_empty(&self) -> bool {
+        self.lock().is_empty()
     }
 
-    pub(crate) fn give(&self, buffer: Vec<u8>) {
-        if buffer.capacity() == 0 || buffer.capacity() > Self::MAX_KEPT {
-            return;
-        }
-        let mut free = self.lock();
-        if free.len() < Self::MAX_FREE {
-            free.push(buffer);
-        }
+    /// The sessions still open (a session dropped without `close` is forgotten here).
+    fn open(&self) -> Vec<(u64, Arc<SessionState>)> {
+        let mut sessions = self.lock();
+        sessions.retain(|_, s| s.strong_count() > 0);
+        sessions
+            .iter()
+            .filter_map(|(seq, s)| Some((*seq, s.upgrade()?)))
+            .collect()
     }
 }
 
@@ -272,7 +268,19 @@ pub(crate) struct SessionContext {
     pub policy: OverflowPolicy,
     pub port_forward_data: bool,
     pub metrics: RecorderMetrics,
-    pub buffers: Arc<BufferPool>,
+    pub blocks: Arc<BlockPool>,
+    pub live: Arc<LiveSessions>,
+}
+
+/// A session's frames on their way to blocks.
+#[derive(Default)]
+struct SessionBlocks {
+    /// Created with the first frame (the file's first block holds the magic).
+    builder: Option<BlockBuilder>,
+    /// Full blocks handed to the writer.
+    sent: u64,
+    /// The end of the partly filled block when the writer last wrote it.
+    partial_written_to: u64,
 }
 
 struct SessionState {
@@ -291,8 +299,19 @@ struct SessionState {
     stdout: AtomicU64,
     stderr: AtomicU64,
     port_forward: Mutex<BTreeMap<(u16, u32), PortForwardStats>>,
+    blocks: Mutex<SessionBlocks>,
+    /// Full blocks the writer has written.
+    written: Arc<AtomicU64>,
     tx: Sender<SessionMsg>,
     ctx: Arc<SessionContext>,
+}
+
+impl SessionState {
+    fn lock_blocks(&self) -> std::sync::MutexGuard<'_, SessionBlocks> {
+        self.blocks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 /// Feeds one session's frames to the recorder. Cheap to clone (both directions of a stream can
@@ -323,27 +342,33 @@ impl SessionWriter {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()
             .ok_or(RecordError::RecorderStopped)?;
-        Ok(Self {
-            state: Arc::new(SessionState {
-                seq,
-                meta,
-                opened: Instant::now(),
-                next_index: AtomicU64::new(0),
-                budget: Arc::new(AtomicUsize::new(0)),
-                failed: Arc::new(AtomicBool::new(false)),
-                terminated: AtomicBool::new(false),
-                closed: AtomicBool::new(false),
-                gap_bytes: AtomicU64::new(0),
-                gap_frames: AtomicU64::new(0),
-                dropped_total: AtomicU64::new(0),
-                stdin: AtomicU64::new(0),
-                stdout: AtomicU64::new(0),
-                stderr: AtomicU64::new(0),
-                port_forward: Mutex::new(BTreeMap::new()),
-                tx,
-                ctx,
-            }),
-        })
+        let state = Arc::new(SessionState {
+            seq,
+            meta,
+            opened: Instant::now(),
+            next_index: AtomicU64::new(0),
+            budget: Arc::new(AtomicUsize::new(0)),
+            failed: Arc::new(AtomicBool::new(false)),
+            terminated: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            gap_bytes: AtomicU64::new(0),
+            gap_frames: AtomicU64::new(0),
+            dropped_total: AtomicU64::new(0),
+            stdin: AtomicU64::new(0),
+            stdout: AtomicU64::new(0),
+            stderr: AtomicU64::new(0),
+            port_forward: Mutex::new(BTreeMap::new()),
+            blocks: Mutex::new(SessionBlocks::default()),
+            written: Arc::new(AtomicU64::new(0)),
+            tx,
+            ctx: ctx.clone(),
+        });
+        ctx.live.lock().insert(seq, Arc::downgrade(&state));
+        state
+            .tx
+            .send(SessionMsg::Opened)
+            .map_err(|_| RecordError::RecorderStopped)?;
+        Ok(Self { state })
     }
 
     /// How full this session's queue to the disk is, from 0.0 (empty) to 1.0 (the limit, where
@@ -376,15 +401,17 @@ impl SessionWriter {
         u64::try_from(self.state.opened.elapsed().as_micros()).unwrap_or(u64::MAX)
     }
 
-    /// Records a frame, timestamped now. Never blocks. An error means the session can no longer
-    /// be recorded (budget exceeded under `terminate`, a store failure, already closed): the
-    /// caller must end the session.
+    /// Records a frame, timestamped now. Never blocks on the disk. An error means the session
+    /// can no longer be recorded (budget exceeded under `terminate`, a store failure, already
+    /// closed): the caller must end the session.
     pub fn frame(&self, kind: FrameKind, data: &[u8]) -> Result<(), RecordError> {
         self.frame_parts(kind, &[data])
     }
 
     /// Like [`SessionWriter::frame`] with the data given in pieces to concatenate (a run of one
-    /// channel's data spread over several WebSocket frames of a chunk).
+    /// channel's data spread over several WebSocket frames of a chunk). The record is laid out
+    /// in the session's block here, checksum and copy while the data is in cache; the writer
+    /// thread only writes full blocks.
     pub fn frame_parts(&self, kind: FrameKind, parts: &[&[u8]]) -> Result<(), RecordError> {
         let s = &self.state;
         if s.closed.load(Ordering::Acquire) {
@@ -407,19 +434,47 @@ impl SessionWriter {
 
         let head =
             encode_data_prefix(t_us, kind, len).map_err(|e| RecordError::Encode(e.to_string()))?;
-        let size = head.len() + len;
-        let before = s.budget.fetch_add(size, Ordering::AcqRel);
-        // A single frame larger than the whole budget still goes through on an empty queue.
-        if before > 0 && before + size > s.ctx.max_bytes {
-            s.budget.fetch_sub(size, Ordering::AcqRel);
+        let mut blocks = s.lock_blocks();
+        let builder = self.builder(&mut blocks)?;
+        // The queue holds whole blocks: this record costs the blocks it fills.
+        let cost = builder.blocks_filled_by(head.len() + len) * s.ctx.blocks.block_size();
+        let before = s.budget.load(Ordering::Acquire);
+        // A record larger than the whole budget still goes through on an empty queue.
+        if cost > 0 && before > 0 && before + cost > s.ctx.max_bytes {
+            drop(blocks);
             return self.overflow(before, len, t_us);
         }
-        self.flush_gap(t_us)?;
-        let mut body = s.ctx.buffers.take(len);
-        for part in parts {
-            body.extend_from_slice(part);
+        self.flush_gap(&mut blocks, t_us)?;
+        let mut record = Vec::with_capacity(parts.len() + 1);
+        record.push(head.as_slice());
+        record.extend_from_slice(parts);
+        self.push_record(&mut blocks, &record)
+    }
+
+    fn builder<'b>(
+        &self,
+        blocks: &'b mut SessionBlocks,
+    ) -> Result<&'b mut BlockBuilder, RecordError> {
+        if blocks.builder.is_none() {
+            blocks.builder = Some(BlockBuilder::new(&self.state.ctx.blocks)?);
         }
-        self.send(head, body, size)
+        blocks
+            .builder
+            .as_mut()
+            .ok_or(RecordError::SessionWriteFailed)
+    }
+
+    /// Lays one encoded record into the session's block and sends every block it fills.
+    fn push_record(&self, blocks: &mut SessionBlocks, record: &[&[u8]]) -> Result<(), RecordError> {
+        let s = &self.state;
+        let mut full = Vec::new();
+        self.builder(blocks)?
+            .push(&s.ctx.blocks, record, |block| full.push(block))?;
+        s.next_index.fetch_add(1, Ordering::AcqRel);
+        for block in full {
+            self.send_block(blocks, block)?;
+        }
+        Ok(())
     }
 
     fn count(&self, kind: FrameKind, len: usize, t_us: u64) {
@@ -485,9 +540,8 @@ impl SessionWriter {
                         },
                     };
                     let value = encode(&marker).map_err(|e| RecordError::Encode(e.to_string()))?;
-                    let size = value.len();
-                    s.budget.fetch_add(size, Ordering::AcqRel);
-                    self.send(value, Vec::new(), size)?;
+                    let mut blocks = s.lock_blocks();
+                    self.push_record(&mut blocks, &[&value])?;
                 }
                 Err(RecordError::SessionOverflow { limit })
             }
@@ -505,8 +559,9 @@ impl SessionWriter {
         }
     }
 
-    /// Writes the pending gap marker (if any) before the next frame that fits.
-    fn flush_gap(&self, t_us: u64) -> Result<(), RecordError> {
+    /// Records the pending gap marker (if any) before the next frame that fits. Like the
+    /// overflow marker it bypasses the budget.
+    fn flush_gap(&self, blocks: &mut SessionBlocks, t_us: u64) -> Result<(), RecordError> {
         let s = &self.state;
         let frames = s.gap_frames.swap(0, Ordering::AcqRel);
         if frames == 0 {
@@ -522,23 +577,23 @@ impl SessionWriter {
             },
         };
         let value = encode(&marker).map_err(|e| RecordError::Encode(e.to_string()))?;
-        let size = value.len();
-        s.budget.fetch_add(size, Ordering::AcqRel);
-        self.send(value, Vec::new(), size)
+        self.push_record(blocks, &[&value])
     }
 
-    fn send(&self, head: Vec<u8>, body: Vec<u8>, size: usize) -> Result<(), RecordError> {
+    fn send_block(&self, blocks: &mut SessionBlocks, block: FrameBlock) -> Result<(), RecordError> {
         let s = &self.state;
-        s.next_index.fetch_add(1, Ordering::AcqRel);
+        let size = s.ctx.blocks.block_size();
+        s.budget.fetch_add(size, Ordering::AcqRel);
         let total = s.ctx.queued_bytes.fetch_add(size, Ordering::AcqRel) + size;
         s.ctx.metrics.session_queue_bytes.set(total as i64);
-        s.tx.send(SessionMsg::Frame {
+        blocks.sent += 1;
+        s.tx.send(SessionMsg::Block {
             session_seq: s.seq,
-            head,
-            body,
+            block,
             accounted: size,
             budget: s.budget.clone(),
             failed: s.failed.clone(),
+            written: s.written.clone(),
         })
         .map_err(|_| {
             s.budget.fetch_sub(size, Ordering::AcqRel);
@@ -547,17 +602,22 @@ impl SessionWriter {
         })
     }
 
-    /// Ends the session: the record gets its end time, exit code and totals. Frames sent before
-    /// are written first. Only the first close of any clone counts.
+    /// Ends the session: the record gets its end time, exit code and totals. Frames recorded
+    /// before are written first. Only the first close of any clone counts.
     pub fn close(self, exit_code: Option<i32>, error: Option<String>) {
         let s = &self.state;
         if s.closed.swap(true, Ordering::AcqRel) {
             return;
         }
         let t_us = self.elapsed_us();
-        if let Err(e) = self.flush_gap(t_us) {
-            tracing::error!(session = %s.meta.session_id, error = %e, "cannot record the final gap marker");
-        }
+        let tail = {
+            let mut blocks = s.lock_blocks();
+            if let Err(e) = self.flush_gap(&mut blocks, t_us) {
+                tracing::error!(session = %s.meta.session_id, error = %e, "cannot record the final gap marker");
+            }
+            blocks.builder.take().map(BlockBuilder::finish)
+        };
+        s.ctx.live.lock().remove(&s.seq);
         let port_forward = s
             .port_forward
             .lock()
@@ -583,6 +643,7 @@ impl SessionWriter {
         if s.tx
             .send(SessionMsg::Close {
                 record: Box::new(record),
+                tail,
             })
             .is_err()
         {
@@ -591,56 +652,123 @@ impl SessionWriter {
     }
 }
 
-/// The background thread that drains every session's queue into the store.
-pub(crate) fn run_writer(
-    rx: std::sync::mpsc::Receiver<SessionMsg>,
-    store: Arc<dyn Store>,
-    queued_bytes: Arc<AtomicUsize>,
-    dirty: Arc<AtomicBool>,
-    metrics: RecorderMetrics,
-    buffers: Arc<BufferPool>,
-) {
-    for msg in rx {
+/// What the writer thread works with.
+pub(crate) struct WriterContext {
+    pub store: Arc<dyn Store>,
+    pub queued_bytes: Arc<AtomicUsize>,
+    /// Set when something was written: the flusher's next group commit syncs it.
+    pub dirty: Arc<AtomicBool>,
+    pub metrics: RecorderMetrics,
+    pub blocks: Arc<BlockPool>,
+    pub live: Arc<LiveSessions>,
+    /// How often the part of each open session's block filled so far is written (the group
+    /// commit interval: a frame is on disk within about two of them).
+    pub partial_interval: Duration,
+}
+
+/// The background thread that writes every session's blocks into the store.
+pub(crate) fn run_writer(rx: Receiver<SessionMsg>, w: WriterContext) {
+    let mut partials_written = Instant::now();
+    loop {
+        let msg = if w.live.is_empty() {
+            match rx.recv() {
+                Ok(msg) => Some(msg),
+                Err(_) => return,
+            }
+        } else {
+            let wait = w
+                .partial_interval
+                .saturating_sub(partials_written.elapsed());
+            match rx.recv_timeout(wait) {
+                Ok(msg) => Some(msg),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        };
         match msg {
-            SessionMsg::Frame {
+            Some(SessionMsg::Block {
                 session_seq,
-                head,
-                body,
+                block,
                 accounted,
                 budget,
                 failed,
-            } => {
-                let result = store.append_frame(session_seq, &[&head, &body]);
-                buffers.give(body);
+                written,
+            }) => {
+                let result = w
+                    .store
+                    .write_frames(session_seq, block.offset(), block.filled());
+                w.blocks.give(block);
                 if let Err(e) = result {
                     // Surfaces on the session's next frame, which ends it.
                     failed.store(true, Ordering::Release);
-                    metrics.append_errors.inc();
-                    tracing::error!(session_seq, error = %e, "cannot store a session frame");
+                    w.metrics.append_errors.inc();
+                    tracing::error!(session_seq, error = %e, "cannot store a session's frames");
                 }
-                dirty.store(true, Ordering::Release);
+                written.fetch_add(1, Ordering::AcqRel);
+                w.dirty.store(true, Ordering::Release);
                 budget.fetch_sub(accounted, Ordering::AcqRel);
-                let left = queued_bytes
+                let left = w
+                    .queued_bytes
                     .fetch_sub(accounted, Ordering::AcqRel)
                     .saturating_sub(accounted);
-                metrics.session_queue_bytes.set(left as i64);
+                w.metrics.session_queue_bytes.set(left as i64);
             }
-            SessionMsg::Close { record } => {
-                if let Err(e) = store.close_frames(record.seq) {
-                    metrics.append_errors.inc();
-                    tracing::error!(session_seq = record.seq, error = %e, "cannot close the session's frames");
+            Some(SessionMsg::Close { record, tail }) => {
+                if let Some(tail) = tail {
+                    let result = w
+                        .store
+                        .write_frames(record.seq, tail.offset(), tail.filled())
+                        .and_then(|()| w.store.close_frames(record.seq, tail.end()));
+                    w.blocks.give(tail);
+                    if let Err(e) = result {
+                        w.metrics.append_errors.inc();
+                        tracing::error!(session_seq = record.seq, error = %e, "cannot write the session's last frames");
+                    }
                 }
                 let result = encode(&*record).map_err(|e| e.to_string()).and_then(|v| {
-                    store
+                    w.store
                         .insert(Tree::Sessions, &seq_key(record.seq), &v)
                         .map_err(|e| e.to_string())
                 });
                 if let Err(e) = result {
-                    metrics.append_errors.inc();
+                    w.metrics.append_errors.inc();
                     tracing::error!(session_seq = record.seq, error = %e, "cannot store the session's end");
                 }
-                dirty.store(true, Ordering::Release);
+                w.dirty.store(true, Ordering::Release);
             }
+            Some(SessionMsg::Opened) | None => {}
         }
+        if partials_written.elapsed() >= w.partial_interval {
+            write_partials(&w);
+            partials_written = Instant::now();
+        }
+    }
+}
+
+/// Writes the part of each open session's block filled since the last time, so the next group
+/// commit makes it durable. A session with a full block still queued is skipped until that
+/// block is written (the file must not get a later block before an earlier one).
+fn write_partials(w: &WriterContext) {
+    for (seq, session) in w.live.open() {
+        let partial = {
+            let mut blocks = session.lock_blocks();
+            let all_written = blocks.sent == session.written.load(Ordering::Acquire);
+            let Some(current) = blocks.builder.as_ref().map(BlockBuilder::current) else {
+                continue;
+            };
+            let (offset, end) = (current.offset(), current.end());
+            if !all_written || end == blocks.partial_written_to || current.filled().is_empty() {
+                continue;
+            }
+            let bytes = current.filled().to_vec();
+            blocks.partial_written_to = end;
+            (offset, bytes)
+        };
+        if let Err(e) = w.store.write_frames(seq, partial.0, &partial.1) {
+            session.failed.store(true, Ordering::Release);
+            w.metrics.append_errors.inc();
+            tracing::error!(session_seq = seq, error = %e, "cannot store a session's frames");
+        }
+        w.dirty.store(true, Ordering::Release);
     }
 }

@@ -82,12 +82,12 @@ pub trait Store: Send + Sync + 'static {
     /// Makes every write so far durable (fsync).
     fn flush(&self) -> Result<(), StoreError>;
 
-    /// Appends an encoded [`super::session::FrameRecord`], given as `parts` to concatenate, to
-    /// a session's frames, after the ones before it. Durable at the next [`Store::flush`], like
-    /// everything else.
-    fn append_frame(&self, session_seq: u64, parts: &[&[u8]]) -> Result<(), StoreError>;
-    /// The session is over: no more frames will be appended.
-    fn close_frames(&self, session_seq: u64) -> Result<(), StoreError>;
+    /// Writes `bytes` at `offset` of a session's frame file: a block laid out by
+    /// [`super::frame_files::BlockBuilder`] (whole, or the part filled so far). Durable at the
+    /// next [`Store::flush`], like everything else.
+    fn write_frames(&self, session_seq: u64, offset: u64, bytes: &[u8]) -> Result<(), StoreError>;
+    /// The session is over: its frame file ends at `end` bytes.
+    fn close_frames(&self, session_seq: u64, end: u64) -> Result<(), StoreError>;
     /// A session's frames in the order they were appended.
     fn frames(&self, session_seq: u64) -> Result<ReadFrames, StoreError>;
     /// Deletes a session's frames.
@@ -300,12 +300,12 @@ impl Store for SledStore {
         Ok(())
     }
 
-    fn append_frame(&self, session_seq: u64, parts: &[&[u8]]) -> Result<(), StoreError> {
-        self.frames.append(session_seq, parts)
+    fn write_frames(&self, session_seq: u64, offset: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        self.frames.write(session_seq, offset, bytes)
     }
 
-    fn close_frames(&self, session_seq: u64) -> Result<(), StoreError> {
-        self.frames.close(session_seq)
+    fn close_frames(&self, session_seq: u64, end: u64) -> Result<(), StoreError> {
+        self.frames.close(session_seq, end)
     }
 
     fn frames(&self, session_seq: u64) -> Result<ReadFrames, StoreError> {
@@ -320,6 +320,7 @@ impl Store for SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::frame_files::{BlockBuilder, BlockPool, ALIGN, MAGIC};
 
     #[test]
     fn sled_store_orders_keys_numerically_and_removes_ranges() {
@@ -349,10 +350,19 @@ mod tests {
             key_seq(&store.first(Tree::Audit).unwrap().unwrap().0),
             Some(255)
         );
-        store.append_frame(5, &[b"b"]).unwrap();
-        store.append_frame(6, &[b"c"]).unwrap();
-        store.append_frame(5, &[b"a"]).unwrap();
-        store.close_frames(5).unwrap();
+        let pool = BlockPool::new(ALIGN);
+        let mut five = BlockBuilder::new(&pool).unwrap();
+        let mut six = BlockBuilder::new(&pool).unwrap();
+        five.push(&pool, &[b"b"], |_| {}).unwrap();
+        six.push(&pool, &[b"c"], |_| {}).unwrap();
+        five.push(&pool, &[b"a"], |_| {}).unwrap();
+        for (seq, builder) in [(5, five), (6, six)] {
+            let tail = builder.finish();
+            store
+                .write_frames(seq, tail.offset(), tail.filled())
+                .unwrap();
+        }
+        store.close_frames(5, MAGIC.len() as u64 + 2 * 9).unwrap();
         store.flush().unwrap();
         assert_eq!(
             store.frames(5).unwrap().records,

@@ -380,7 +380,7 @@ async fn reopening_after_an_unclean_stop_recovers_seq_and_chain_tip() {
     drop(recorder);
 }
 
-/// A store whose frame inserts wait for a gate and whose flush can be made to fail.
+/// A store whose frame writes wait for a gate and whose flush can be made to fail.
 struct GatedStore {
     inner: SledStore,
     gate: Mutex<bool>,
@@ -399,16 +399,16 @@ impl Store for GatedStore {
     fn insert(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
         self.inner.insert(tree, key, value)
     }
-    fn append_frame(&self, session_seq: u64, parts: &[&[u8]]) -> Result<(), StoreError> {
+    fn write_frames(&self, session_seq: u64, offset: u64, bytes: &[u8]) -> Result<(), StoreError> {
         let mut open = self.gate.lock().unwrap();
         while !*open {
             open = self.opened.wait(open).unwrap();
         }
         drop(open);
-        self.inner.append_frame(session_seq, parts)
+        self.inner.write_frames(session_seq, offset, bytes)
     }
-    fn close_frames(&self, session_seq: u64) -> Result<(), StoreError> {
-        self.inner.close_frames(session_seq)
+    fn close_frames(&self, session_seq: u64, end: u64) -> Result<(), StoreError> {
+        self.inner.close_frames(session_seq, end)
     }
     fn frames(&self, session_seq: u64) -> Result<ReadFrames, StoreError> {
         self.inner.frames(session_seq)
@@ -1054,4 +1054,33 @@ fn a_data_frame_prefix_followed_by_its_bytes_is_a_frame_record() {
         assert_eq!(value, encode(&owned).unwrap(), "len {len}");
         assert_eq!(decode::<FrameRecord>(&value).unwrap(), owned);
     }
+}
+
+#[tokio::test]
+async fn an_open_sessions_frames_reach_its_file_before_it_ends() {
+    // The writer writes the part of a session's block filled so far every group-commit
+    // interval: a crash in a long session loses its last moments, not the session.
+    let dir = tempfile::tempdir().unwrap();
+    let recorder = Recorder::open(&config(dir.path()), metrics()).unwrap();
+    let store = recorder.store();
+    // Let the writer thread reach its wait for a block first: opening a session must wake it
+    // (a quiet session may never fill one).
+    std::thread::sleep(Duration::from_millis(100));
+    let writer = recorder.open_session(meta("live")).unwrap();
+    let on_disk = |n: usize| {
+        session_frames(store.as_ref(), writer.seq())
+            .map(|frames| frames.len() == n)
+            .unwrap_or(false)
+    };
+    writer.frame(FrameKind::Stdout, b"first").unwrap();
+    wait_until(|| on_disk(1));
+    writer.frame(FrameKind::Stdin, b"second").unwrap();
+    wait_until(|| on_disk(2));
+    // More than a block: full blocks and the part after them.
+    let big = vec![b'z'; 300 * 1024];
+    writer.frame(FrameKind::Stdout, &big).unwrap();
+    wait_until(|| on_disk(3));
+    let frames = session_frames(store.as_ref(), writer.seq()).unwrap();
+    assert!(matches!(&frames[2].event, FrameEvent::Data { data, .. } if *data == big));
+    writer.close(Some(0), None);
 }
