@@ -215,7 +215,7 @@ impl BlockPool {
     /// Blocks kept for reuse: enough for a full default session queue.
     const MAX_FREE: usize = 32;
 
-    /// Blocks of `size` bytes (a multiple of [`ALIGN`], at most [`MAX_BLOCK`]).
+    /// Blocks of `size` bytes, rounded down to a multiple of [`ALIGN`] within `ALIGN..=MAX_BLOCK`.
     pub fn new(size: usize) -> Self {
         Self {
             size: size.clamp(ALIGN, MAX_BLOCK) / ALIGN * ALIGN,
@@ -223,10 +223,10 @@ impl BlockPool {
         }
     }
 
-    /// The block size for a session queue of `queue_bytes`: an eighth of it, so backpressure
-    /// and the overflow policy see the queue fill in steps (at most [`MAX_BLOCK`]).
-    pub fn size_for_queue(queue_bytes: usize) -> usize {
-        (queue_bytes / 8).clamp(ALIGN, MAX_BLOCK) / ALIGN * ALIGN
+    /// Blocks for a session queue of `queue_bytes`: an eighth of it, so backpressure and the
+    /// overflow policy see the queue fill in steps.
+    pub fn for_queue(queue_bytes: usize) -> Self {
+        Self::new(queue_bytes / 8)
     }
 
     pub fn block_size(&self) -> usize {
@@ -461,7 +461,7 @@ impl FrameFiles {
             file.write_all_at(bytes, offset)
         } else {
             let padded = pad_for_direct_io(bytes)?;
-            file.write_all_at(padded.window(), offset)
+            file.write_all_at(padded.filled(), offset)
         };
         result.map_err(|e| io("write", &self.path(session_seq), e))
     }
@@ -537,12 +537,6 @@ fn pad_for_direct_io(bytes: &[u8]) -> Result<FrameBlock, StoreError> {
     block.put(bytes);
     block.len = size;
     Ok(block)
-}
-
-impl FrameBlock {
-    fn window(&self) -> &[u8] {
-        &self.mem[self.start..self.start + self.len]
-    }
 }
 
 /// Whether `file`'s direct I/O takes [`ALIGN`]-aligned buffers, offsets and lengths, as the

@@ -521,8 +521,8 @@ impl Recorder {
 
         let (tx, rx) = std::sync::mpsc::channel::<SessionMsg>();
         let queued_bytes = Arc::new(AtomicUsize::new(0));
-        let blocks = Arc::new(frame_files::BlockPool::new(
-            frame_files::BlockPool::size_for_queue(cfg.session_queue_max_bytes),
+        let blocks = Arc::new(frame_files::BlockPool::for_queue(
+            cfg.session_queue_max_bytes,
         ));
         let live = Arc::new(session::LiveSessions::default());
         let sessions = Arc::new(SessionContext {

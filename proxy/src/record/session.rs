@@ -250,12 +250,15 @@ impl LiveSessions {
 
     /// The sessions still open (a session dropped without `close` is forgotten here).
     fn open(&self) -> Vec<(u64, Arc<SessionState>)> {
-        let mut sessions = self.lock();
-        sessions.retain(|_, s| s.strong_count() > 0);
-        sessions
-            .iter()
-            .filter_map(|(seq, s)| Some((*seq, s.upgrade()?)))
-            .collect()
+        let mut open = Vec::new();
+        self.lock().retain(|seq, session| match session.upgrade() {
+            Some(session) => {
+                open.push((*seq, session));
+                true
+            }
+            None => false,
+        });
+        open
     }
 }
 
