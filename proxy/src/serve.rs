@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use pingora::apps::http_app::HttpServer;
 use pingora::listeners::tls::TlsSettings;
 use pingora::server::configuration::ServerConf;
-use pingora::server::{Server, ShutdownWatch};
+use pingora::server::{RunArgs, Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 
@@ -53,6 +53,11 @@ pub enum ServeError {
 /// The refresher looks at its schedule at least this often (and at most once a second), so a
 /// refresh that failed is retried as soon as the issuer's rate limit allows.
 const JWKS_SCHEDULE_MAX_SLEEP: Duration = Duration::from_secs(60);
+
+/// After the runtimes are down, how long the recorder waits for the sessions their tasks held to
+/// be dropped (tokio drops a cancelled task's state on its worker thread, which pingora's fast
+/// shutdown does not wait for).
+const SESSIONS_GRACE_AT_EXIT: Duration = Duration::from_secs(2);
 
 /// Worker threads: the configured count, else what this process may really use (std's
 /// `available_parallelism` honours cgroup CPU quotas and the affinity mask).
@@ -251,19 +256,21 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), ServeError> {
         server.add_service(service);
         tracing::info!(address = %admin.address, "admin listener (healthz, readyz, metrics)");
     }
-    if let Some(recorder) = recorder_at_shutdown {
-        server.add_service(background_service(
-            "audit store shutdown",
-            RecorderShutdown { recorder },
-        ));
-    }
     if verifier.has_remote_issuers() {
         server.add_service(background_service(
             "jwks refresh",
             JwksRefresher { verifier },
         ));
     }
-    server.run_forever()
+    // pingora returns once its runtimes are down: after the grace period on SIGTERM, at once on
+    // SIGINT (Ctrl-C). Either way the audit tail is signed here, after the last request ended,
+    // so a stopped gateway leaves a store whose every record is covered by a checkpoint.
+    server.run(RunArgs::default());
+    if let Some(recorder) = recorder_at_shutdown {
+        recorder.close(SESSIONS_GRACE_AT_EXIT);
+        tracing::info!("audit store closed: tail signed and flushed");
+    }
+    Ok(())
 }
 
 fn path_str(p: &Path) -> String {
@@ -275,23 +282,6 @@ fn next_check(verifier: &Verifier) -> Duration {
         .until_next_refresh()
         .unwrap_or(JWKS_SCHEDULE_MAX_SLEEP)
         .clamp(Duration::from_secs(1), JWKS_SCHEDULE_MAX_SLEEP)
-}
-
-/// On a graceful shutdown: sign a checkpoint of the audit chain's tip and flush, so a cleanly
-/// stopped gateway leaves a store whose whole tail is covered by a signature.
-struct RecorderShutdown {
-    recorder: Recorder,
-}
-
-#[async_trait]
-impl BackgroundService for RecorderShutdown {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let _ = shutdown.changed().await;
-        self.recorder.checkpoint();
-        if let Err(e) = self.recorder.flush() {
-            tracing::error!(error = %e, "final audit store flush failed");
-        }
-    }
 }
 
 /// Scheduled JWKS refreshes, each issuer when its `Cache-Control: max-age` (bounded) runs out.

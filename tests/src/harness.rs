@@ -180,12 +180,28 @@ impl GatewayProcess {
         &mut self,
         timeout: Duration,
     ) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        self.signal_and_wait("-TERM", timeout)
+    }
+
+    /// SIGINT (Ctrl-C: pingora's fast shutdown) and wait up to `timeout`; then SIGKILL.
+    pub fn interrupt(
+        &mut self,
+        timeout: Duration,
+    ) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        self.signal_and_wait("-INT", timeout)
+    }
+
+    fn signal_and_wait(
+        &mut self,
+        signal: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Option<std::process::ExitStatus>> {
         if let Some(status) = self.child.try_wait()? {
             return Ok(Some(status));
         }
         // `kill` from the command line keeps this crate free of libc bindings.
         let _ = Command::new("kill")
-            .arg("-TERM")
+            .arg(signal)
             .arg(self.child.id().to_string())
             .status();
         let deadline = Instant::now() + timeout;

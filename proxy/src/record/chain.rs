@@ -127,6 +127,8 @@ pub struct VerifyReport {
     pub records: u64,
     pub tombstones: u64,
     pub checkpoints: u64,
+    /// The newest record a valid checkpoint signs; records after it could be cut off unnoticed.
+    pub last_checkpoint: Option<u64>,
     pub first_seq: Option<u64>,
     pub last_seq: Option<u64>,
     pub key: KeyTrust,
@@ -151,10 +153,19 @@ impl fmt::Display for VerifyReport {
                 "signatures checked with the key stored in each checkpoint only (pass --key or --config to check against yours)"
             }
         };
+        let tail = match (self.last_seq, self.last_checkpoint) {
+            (None, _) => String::new(),
+            (Some(last), Some(signed)) if signed == last => "; the tail is signed".into(),
+            (Some(last), Some(signed)) => format!(
+                "; the {} records after seq {signed} are not yet signed (the gateway did not stop cleanly, or is running)",
+                last - signed
+            ),
+            (Some(_), None) => "; no record is signed yet".into(),
+        };
         match &self.broken {
             None => write!(
                 f,
-                "OK: {} records ({range}), {} retention tombstones, {} checkpoints; {trust}",
+                "OK: {} records ({range}), {} retention tombstones, {} checkpoints{tail}; {trust}",
                 self.records, self.tombstones, self.checkpoints
             ),
             Some(b) => write!(
@@ -184,6 +195,7 @@ pub fn verify(
         records: 0,
         tombstones: 0,
         checkpoints: 0,
+        last_checkpoint: None,
         first_seq: None,
         last_seq: None,
         key: if key.is_some() {
@@ -335,7 +347,10 @@ pub fn verify(
                     );
                     return Ok(report);
                 }
-                Ok(_) => report.checkpoints += 1,
+                Ok(_) => {
+                    report.checkpoints += 1;
+                    report.last_checkpoint = Some(seq);
+                }
             }
         }
         report.records += 1;

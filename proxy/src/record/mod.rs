@@ -9,8 +9,8 @@
 //!
 //! Threads: one flusher (group commit every `read_flush_interval_ms`, on demand for durable
 //! appends, time-based checkpoints), one session writer (drains frame queues), and one retention
-//! thread when retention is configured. They stop when the last [`Recorder`] clone and every
-//! [`SessionWriter`] are dropped.
+//! thread when retention is configured. They stop at [`Recorder::close`] (the server's shutdown),
+//! or when the last [`Recorder`] clone and every [`SessionWriter`] are dropped.
 
 pub mod chain;
 pub mod cli;
@@ -248,6 +248,11 @@ impl Shared {
     fn insert(&self, entry: ChainEntry) -> Result<u64, RecordError> {
         let bytes = encode(&entry).map_err(|e| RecordError::Encode(e.to_string()))?;
         let mut tip = lock(&self.chain);
+        // Checked under the chain's lock: the last checkpoint (taken under it after `stop` is
+        // set) then covers every record the store will ever hold.
+        if self.stop.load(Ordering::Acquire) {
+            return Err(RecordError::RecorderStopped);
+        }
         let seq = tip.next_seq;
         let envelope = Envelope::seal(seq, tip.last_hash, bytes);
         let value = encode(&envelope).map_err(|e| RecordError::Encode(e.to_string()))?;
@@ -385,27 +390,49 @@ struct Inner {
     retention: Mutex<Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
 }
 
-impl Drop for Inner {
-    fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Release);
+impl Inner {
+    /// Stops the background threads in the order that leaves the most on disk, signed: the
+    /// retention thread; then the session writer, once every session has ended (waiting at most
+    /// `sessions_grace`), so the tails of the last sessions are written; then the flusher, whose
+    /// last round signs a checkpoint of the tip and flushes everything, frame files included.
+    /// Records appended after that are refused. Idempotent.
+    fn stop(&self, sessions_grace: Duration) {
         if let Some((wake, handle)) = lock(&self.retention).take() {
             drop(wake);
             let _ = handle.join();
         }
-        self.shared.request_flush();
-        if let Some(handle) = lock(&self.flusher).take() {
-            // The flusher's last round writes a checkpoint and flushes: a clean stop leaves a
-            // store whose tail is signed.
-            let _ = handle.join();
-        }
-        // With no session writer left, dropping the last sender ends the session thread; wait
-        // for it so the store is closed when the recorder is gone.
+        // Each open session holds its own sender: the session thread ends once the last one is
+        // gone and it has written what they queued.
         lock(&self.sessions.tx).take();
-        if Arc::strong_count(&self.sessions) == 1 {
-            if let Some(handle) = lock(&self.session_thread).take() {
+        let mut session_thread = lock(&self.session_thread);
+        if let Some(handle) = session_thread.take() {
+            let deadline = Instant::now() + sessions_grace;
+            while Arc::strong_count(&self.sessions) > 1 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if Arc::strong_count(&self.sessions) == 1 {
                 let _ = handle.join();
+            } else {
+                tracing::warn!(
+                    open = Arc::strong_count(&self.sessions) - 1,
+                    "sessions still open as the recorder stops: what they record from now on is not flushed"
+                );
+                *session_thread = Some(handle);
             }
         }
+        drop(session_thread);
+        self.shared.stop.store(true, Ordering::Release);
+        self.shared.request_flush();
+        if let Some(handle) = lock(&self.flusher).take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // No `Recorder` is left, so no session can open; the ones still open are not waited for.
+        self.stop(Duration::ZERO);
     }
 }
 
@@ -651,6 +678,9 @@ impl Recorder {
     /// [`SessionWriter::close`]).
     pub fn open_session(&self, mut meta: SessionMeta) -> Result<SessionWriter, RecordError> {
         let shared = &self.inner.shared;
+        if shared.stop.load(Ordering::Acquire) {
+            return Err(RecordError::RecorderStopped);
+        }
         if meta.start_ns == 0 {
             meta.start_ns = now_unix_nanos();
         }
@@ -682,6 +712,13 @@ impl Recorder {
     /// Signs a checkpoint of the current tip now (also done every N records / T seconds).
     pub fn checkpoint(&self) {
         self.inner.shared.checkpoint_now();
+    }
+
+    /// Stops recording for good (the process is shutting down): waits up to `sessions_grace` for
+    /// open sessions to end, writes their tails, signs a checkpoint of the tip and flushes. From
+    /// then on appends and new sessions are refused with [`RecordError::RecorderStopped`].
+    pub fn close(&self, sessions_grace: Duration) {
+        self.inner.stop(sessions_grace);
     }
 
     /// Flushes everything written so far, on the calling thread.

@@ -377,7 +377,62 @@ async fn reopening_after_an_unclean_stop_recovers_seq_and_chain_tip() {
     let v = verify(reopened.store().as_ref(), None, Some(&verifying_key())).unwrap();
     assert!(v.is_ok(), "{v}");
     assert_eq!(v.records, next + 1);
+    // Checkpoints every 10 records: what came after the last one is reported as unsigned.
+    assert_eq!(v.last_checkpoint, Some(19));
+    let unsigned = next - 19;
+    assert!(
+        v.to_string().contains(&format!(
+            "the {unsigned} records after seq 19 are not yet signed"
+        )),
+        "{v}"
+    );
     drop(recorder);
+}
+
+#[tokio::test]
+async fn close_waits_for_open_sessions_then_signs_and_flushes_the_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let recorder = Recorder::open(&cfg, metrics()).unwrap();
+    // 13 records: the count-based checkpoint signs seq 9, not the tail.
+    for i in 0..13 {
+        recorder.append(request(&format!("g{i}"), "get")).unwrap();
+    }
+    let writer = recorder.open_session(meta("ending")).unwrap();
+    writer.frame(FrameKind::Stdout, b"last words\n").unwrap();
+    // The session ends a little after shutdown began, as when a cancelled task's state is
+    // dropped (the gateway's `SessionRecording` closes its writer on drop).
+    let ender = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        writer.frame(FrameKind::Stdout, b"really last\n").unwrap();
+        writer.close(None, Some("the gateway is stopping".into()));
+    });
+    recorder.close(Duration::from_secs(10));
+    ender.join().unwrap();
+    assert!(matches!(
+        recorder.append(request("late", "get")),
+        Err(RecordError::RecorderStopped)
+    ));
+    assert!(matches!(
+        recorder.open_session(meta("late")),
+        Err(RecordError::RecorderStopped)
+    ));
+    let store = recorder.store();
+    let report = verify(store.as_ref(), None, Some(&verifying_key())).unwrap();
+    assert!(report.is_ok(), "{report}");
+    assert_eq!(
+        (report.last_seq, report.last_checkpoint),
+        (Some(12), Some(12))
+    );
+    assert!(
+        report.to_string().contains("the tail is signed"),
+        "{report}"
+    );
+    // Both frames were written before close returned (the session thread was joined).
+    let session = find_session(store.as_ref(), "ending").unwrap();
+    assert!(session.end_ns.is_some(), "{session:?}");
+    let frames = session_frames(store.as_ref(), session.seq).unwrap();
+    assert_eq!(frames.len(), 2, "{frames:?}");
 }
 
 /// A store whose frame writes wait for a gate and whose flush can be made to fail.

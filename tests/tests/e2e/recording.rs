@@ -201,8 +201,12 @@ fn sessions_are_recorded_replayable_and_every_call_is_audited() -> Result<()> {
     let (ok, out, err) = portcullis(&["replay", id, "--config", cfg, "--speed", "50"])?;
     ensure!(ok && out.contains("oidc:alice"), "replay: {out}{err}");
 
+    // SIGTERM: the records of the last requests are signed as well.
     let (ok, out, err) = portcullis(&["audit", "verify", "--config", cfg])?;
-    ensure!(ok && out.contains("OK"), "audit verify: {out}{err}");
+    ensure!(
+        ok && out.contains("OK") && out.contains("the tail is signed"),
+        "audit verify: {out}{err}"
+    );
 
     // Every request the API server saw has an allowed audit record with the same path and the
     // status the upstream answered.
@@ -435,17 +439,27 @@ fn a_metadata_only_session_is_listed_but_has_no_frames() -> Result<()> {
         "exec: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    s.gateway.terminate(Duration::from_secs(10))?;
+    // Ctrl-C is pingora's fast shutdown; the audit tail is signed all the same.
+    let status = s.gateway.interrupt(Duration::from_secs(10))?;
+    ensure!(
+        status.is_some_and(|s| s.success()),
+        "the gateway did not exit cleanly on SIGINT: {status:?}"
+    );
+    let config = config_path(&s);
+    let cfg = config.to_str().context("utf-8")?;
+    let (ok, out, err) = portcullis(&["audit", "verify", "--config", cfg])?;
+    ensure!(
+        ok && out.contains("the tail is signed"),
+        "audit verify after SIGINT: {out}{err}"
+    );
     let sessions = sessions_of(&s)?;
     let session = session_with(&sessions, |v| v["command"][1] == "not kept")?;
     ensure!(
         session["frames_recorded"] == false && session["frames"] == 0 && !session["end"].is_null(),
         "{session}"
     );
-    let config = config_path(&s);
     let id = session["session_id"].as_str().context("session id")?;
-    let (ok, out, err) =
-        portcullis(&["replay", id, "--config", config.to_str().context("utf-8")?])?;
+    let (ok, out, err) = portcullis(&["replay", id, "--config", cfg])?;
     ensure!(
         !ok && out.is_empty() && err.contains("metadata only"),
         "replay of a metadata-only session: {out} / {err}"
