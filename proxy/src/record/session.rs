@@ -440,7 +440,7 @@ impl SessionWriter {
         let mut blocks = s.lock_blocks();
         let builder = self.builder(&mut blocks)?;
         // The queue holds whole blocks: this record costs the blocks it fills.
-        let cost = builder.blocks_filled_by(head.len() + len) * s.ctx.blocks.block_size();
+        let cost = builder.bytes_filled_by(&s.ctx.blocks, head.len() + len);
         let before = s.budget.load(Ordering::Acquire);
         // A record larger than the whole budget still goes through on an empty queue.
         if cost > 0 && before > 0 && before + cost > s.ctx.max_bytes {
@@ -585,7 +585,7 @@ impl SessionWriter {
 
     fn send_block(&self, blocks: &mut SessionBlocks, block: FrameBlock) -> Result<(), RecordError> {
         let s = &self.state;
-        let size = s.ctx.blocks.block_size();
+        let size = block.size();
         s.budget.fetch_add(size, Ordering::AcqRel);
         let total = s.ctx.queued_bytes.fetch_add(size, Ordering::AcqRel) + size;
         s.ctx.metrics.session_queue_bytes.set(total as i64);
@@ -759,13 +759,14 @@ fn write_partials(w: &WriterContext) {
             let Some(current) = blocks.builder.as_ref().map(BlockBuilder::current) else {
                 continue;
             };
-            let (offset, end) = (current.offset(), current.end());
+            let end = current.end();
             if !all_written || end == blocks.partial_written_to || current.filled().is_empty() {
                 continue;
             }
-            let bytes = current.filled().to_vec();
+            let (offset, bytes) = current.unwritten_since(blocks.partial_written_to);
+            let partial = (offset, bytes.to_vec());
             blocks.partial_written_to = end;
-            (offset, bytes)
+            partial
         };
         if let Err(e) = w.store.write_frames(seq, partial.0, &partial.1) {
             session.failed.store(true, Ordering::Release);

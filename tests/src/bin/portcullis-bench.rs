@@ -1333,6 +1333,18 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
+/// The `q` quantile (0..=1) of sorted values, interpolated between neighbours.
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    match sorted.len() {
+        0 => f64::NAN,
+        n => {
+            let pos = q.clamp(0.0, 1.0) * (n - 1) as f64;
+            let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+            sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
+        }
+    }
+}
+
 fn fmt_latency(us: f64) -> String {
     if us >= 1000.0 {
         format!("{:.2}ms", us / 1000.0)
@@ -1574,6 +1586,8 @@ mod exec_bench {
         /// On-CPU time of the gateway's recorder threads (`record-*`) and of the others.
         recorder_ns: u64,
         other_ns: u64,
+        /// On-CPU time of the whole path: this process (the client), the gateway and the double.
+        path_ns: u64,
         retries: u32,
         stdout_bytes: u64,
         /// False when the gateway ended the session before the command's exit status.
@@ -1650,6 +1664,7 @@ mod exec_bench {
             let overflows_before = overflow_total(admin);
             let before = gateway.proc.cpu_ticks()?;
             let threads_before = thread_cpu_ns(gateway.proc.child.id())?;
+            let path_before = path_cpu_ns(gateway, &double)?;
             let cut_by_recorder =
                 || variant == Variant::Recorded && overflow_total(admin) > overflows_before;
             let (run, retries) = runtime.block_on(exec_checked(
@@ -1670,11 +1685,13 @@ mod exec_bench {
             })?;
             gateway.proc.check_alive()?;
             let threads_after = thread_cpu_ns(gateway.proc.child.id())?;
+            let path_after = path_cpu_ns(gateway, &double)?;
             anyhow::Ok(ExecSample {
                 seconds: run.elapsed.as_secs_f64(),
                 gateway_ticks: gateway.proc.cpu_ticks()?.saturating_sub(before),
                 recorder_ns: threads_after.0.saturating_sub(threads_before.0),
                 other_ns: threads_after.1.saturating_sub(threads_before.1),
+                path_ns: path_after.saturating_sub(path_before),
                 retries,
                 stdout_bytes: run.stdout_bytes,
                 complete: run.status.is_some(),
@@ -1743,12 +1760,13 @@ mod exec_bench {
         );
         let _ = writeln!(
             out,
-            "{:<40} {:>11} {:>17} {:>14} {:>18} {:>8} {:>9}",
+            "{:<40} {:>11} {:>17} {:>14} {:>18} {:>11} {:>8} {:>9}",
             "variant",
             "MB/s median",
             "(min..max)",
             "gateway CPU s",
             "recorder/other s",
+            "path CPU s",
             "retries",
             "complete"
         );
@@ -1780,8 +1798,9 @@ mod exec_bench {
                 ),
                 median(complete.iter().map(|r| r.other_ns as f64 / 1e9).collect())
             );
+            let path_cpu = median(complete.iter().map(|r| r.path_ns as f64 / 1e9).collect());
             if !complete.is_empty() {
-                medians.insert(variant == Variant::Recorded, (rate, cpu));
+                medians.insert(variant == Variant::Recorded, (rate, cpu, path_cpu));
             }
             let (rate, range, cpu) = if complete.is_empty() {
                 ("-".to_string(), "-".to_string(), "-".to_string())
@@ -1798,12 +1817,13 @@ mod exec_bench {
             };
             let _ = writeln!(
                 out,
-                "{:<40} {:>11} {:>17} {:>14} {:>18} {:>8} {:>9}",
+                "{:<40} {:>11} {:>17} {:>14} {:>18} {:>11.2} {:>8} {:>9}",
                 variant.label(),
                 rate,
                 range,
                 cpu,
                 threads,
+                path_cpu,
                 runs.iter().map(|r| r.retries).sum::<u32>(),
                 format!("{}/{}", complete.len(), runs.len())
             );
@@ -1823,7 +1843,7 @@ mod exec_bench {
                 );
             }
         }
-        if let (Some((on, on_cpu)), Some((off, off_cpu))) =
+        if let (Some((on, on_cpu, on_path)), Some((off, off_cpu, off_path))) =
             (medians.get(&true), medians.get(&false))
         {
             let all_complete = samples.values().flatten().all(|r| r.complete);
@@ -1838,6 +1858,25 @@ mod exec_bench {
                 } else {
                     "\n    (over the complete runs only: not a fair comparison while runs are cut)"
                 }
+            );
+            let paired = paired_ratios(&samples, args.exec_bytes);
+            if !paired.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "ratio per round (the two runs of a round are back to back, so a drift of the machine\n\
+                     cancels out): median {:.3}, quartiles {:.3}..{:.3}, over {} rounds",
+                    quantile(&paired, 0.5),
+                    quantile(&paired, 0.25),
+                    quantile(&paired, 0.75),
+                    paired.len()
+                );
+            }
+            let _ = writeln!(
+                out,
+                "CPU of the whole path (client + gateway + double) per run: (y)/(x) {:.3}, the throughput\n\
+                 ratio when these cores are the limit (recording costs {:.1}% of the path's CPU)",
+                off_path / on_path,
+                (on_path / off_path - 1.0) * 100.0
             );
         }
         for name in [OVERFLOWS, "portcullis_record_session_dropped_bytes_total"] {
@@ -1887,6 +1926,36 @@ mod exec_bench {
         );
         drop(double);
         Ok(out)
+    }
+
+    /// Recorded over unrecorded throughput of each round in which both runs delivered everything.
+    fn paired_ratios(samples: &BTreeMap<bool, Vec<ExecSample>>, bytes: u64) -> Vec<f64> {
+        let (Some(on), Some(off)) = (samples.get(&true), samples.get(&false)) else {
+            return Vec::new();
+        };
+        let rate = |r: &ExecSample| bytes as f64 / r.seconds;
+        let mut ratios: Vec<f64> = on
+            .iter()
+            .zip(off)
+            .filter(|(a, b)| a.complete && b.complete)
+            .map(|(a, b)| rate(a) / rate(b))
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        ratios
+    }
+
+    /// On-CPU nanoseconds so far of this process (the client), the gateway and the double.
+    fn path_cpu_ns(gateway: &StartedGateway, double: &Proc) -> anyhow::Result<u64> {
+        let mut total = 0;
+        for pid in [
+            std::process::id(),
+            gateway.proc.child.id(),
+            double.child.id(),
+        ] {
+            let (recorder, other) = thread_cpu_ns(pid)?;
+            total += recorder + other;
+        }
+        Ok(total)
     }
 
     /// CPU ticks of this process (the client) and the servers of the exec benchmark.
@@ -2173,5 +2242,15 @@ mod tests {
     fn median_of_even_and_odd() {
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+
+    #[test]
+    fn quantiles_interpolate_between_sorted_values() {
+        let v = [1.0, 2.0, 3.0, 4.0, 5.0];
+        assert_eq!(quantile(&v, 0.5), 3.0);
+        assert_eq!(quantile(&v, 0.25), 2.0);
+        assert_eq!(quantile(&[1.0, 2.0], 0.5), 1.5);
+        assert_eq!(quantile(&v, 1.0), 5.0);
+        assert!(quantile(&[], 0.5).is_nan());
     }
 }
