@@ -267,7 +267,7 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), ServeError> {
     // so a stopped gateway leaves a store whose every record is covered by a checkpoint.
     server.run(RunArgs::default());
     if let Some(recorder) = recorder_at_shutdown {
-        recorder.close(SESSIONS_GRACE_AT_EXIT);
+        recorder.close(SESSIONS_GRACE_AT_EXIT)?;
         tracing::info!("audit store closed: tail signed and flushed");
     }
     Ok(())

@@ -46,10 +46,10 @@ pub struct ReadFrames {
     pub torn_tail_bytes: u64,
 }
 
-/// The length/CRC header of one record whose payload is `parts` concatenated.
 /// The frame checksum: CRC-32 as zlib and gzip compute it (a 32-bit value).
 const CRC: crc_fast::CrcAlgorithm = crc_fast::CrcAlgorithm::Crc32IsoHdlc;
 
+/// The length/CRC header of one record whose payload is `parts` concatenated.
 pub fn record_header(parts: &[&[u8]]) -> Result<[u8; HEADER], StoreError> {
     let len: usize = parts.iter().map(|p| p.len()).sum();
     if len > MAX_RECORD {

@@ -717,8 +717,18 @@ impl Recorder {
     /// Stops recording for good (the process is shutting down): waits up to `sessions_grace` for
     /// open sessions to end, writes their tails, signs a checkpoint of the tip and flushes. From
     /// then on appends and new sessions are refused with [`RecordError::RecorderStopped`].
-    pub fn close(&self, sessions_grace: Duration) {
+    /// `Err` when the last flush failed (the store may lack its newest records).
+    pub fn close(&self, sessions_grace: Duration) -> Result<(), RecordError> {
         self.inner.stop(sessions_grace);
+        let last = *self.inner.shared.flushed.borrow();
+        let appended = self.inner.shared.inserted_through.load(Ordering::Acquire);
+        if last.ok && last.through >= appended {
+            Ok(())
+        } else {
+            Err(RecordError::FlushFailed(
+                "the last flush at shutdown did not complete".into(),
+            ))
+        }
     }
 
     /// Flushes everything written so far, on the calling thread.

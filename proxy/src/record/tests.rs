@@ -407,7 +407,7 @@ async fn close_waits_for_open_sessions_then_signs_and_flushes_the_tail() {
         writer.frame(FrameKind::Stdout, b"really last\n").unwrap();
         writer.close(None, Some("the gateway is stopping".into()));
     });
-    recorder.close(Duration::from_secs(10));
+    recorder.close(Duration::from_secs(10)).unwrap();
     ender.join().unwrap();
     assert!(matches!(
         recorder.append(request("late", "get")),
@@ -568,6 +568,15 @@ async fn a_durable_append_fails_closed_when_the_flush_fails() {
         .append_durable(request("a", "patch"))
         .await
         .unwrap();
+    // A failed last flush at shutdown is reported, not taken for a clean stop.
+    recorder.append(request("a", "get")).unwrap();
+    store
+        .fail_flush
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(matches!(
+        recorder.close(Duration::ZERO),
+        Err(RecordError::FlushFailed(_))
+    ));
 }
 
 #[tokio::test]
