@@ -467,6 +467,78 @@ fn a_metadata_only_session_is_listed_but_has_no_frames() -> Result<()> {
     Ok(())
 }
 
+/// Ctrl-C while an exec runs: the gateway stops at once, yet the session is closed in the store
+/// (end time, the frames it had) and the audit log's tail is signed.
+#[test]
+fn ctrl_c_during_an_exec_closes_its_recording_and_signs_the_tail() -> Result<()> {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    use std::process::Stdio;
+    let mut s = Stack::start()?;
+    let mut kubectl = None;
+    // Retried only for the pingora#946 teardown (nothing echoed), like `kubectl_upgrade`.
+    for attempt in 0..3 {
+        let mut child = s
+            .kubectl_cmd(&["exec", "-i", "web-0", "--", "cat"])?
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let mut stdin = child.stdin.take().context("stdin")?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        stdin.write_all(b"typed before ctrl-c\n")?;
+        stdin.flush()?;
+        if rx.recv_timeout(Duration::from_secs(20)).as_deref() == Ok("typed before ctrl-c") {
+            kubectl = Some((child, stdin));
+            break;
+        }
+        eprintln!(
+            "exec -i cat echoed nothing (pingora#946?); retry {}",
+            attempt + 1
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let (mut child, stdin) = kubectl.context("exec -i cat never echoed")?;
+    let status = s.gateway.interrupt(Duration::from_secs(15))?;
+    drop(stdin);
+    let _ = child.kill();
+    let _ = child.wait();
+    ensure!(
+        status.is_some_and(|st| st.success()),
+        "the gateway did not exit cleanly on SIGINT during an exec: {status:?}\n{}",
+        s.gateway.log()
+    );
+    let config = config_path(&s);
+    let cfg = config.to_str().context("utf-8")?;
+    let (ok, out, err) = portcullis(&["audit", "verify", "--config", cfg])?;
+    ensure!(
+        ok && out.contains("the tail is signed"),
+        "audit verify after SIGINT during an exec: {out}{err}"
+    );
+    let sessions = sessions_of(&s)?;
+    // The last `cat` is the one interrupted (earlier ones, if any, were torn-down attempts).
+    let cat = session_with(&sessions, |v| v["command"][0] == "cat")?;
+    ensure!(
+        !cat["end"].is_null(),
+        "the interrupted session has no end: {cat}"
+    );
+    let (_, events) = export(&config, cat)?;
+    ensure!(
+        joined(&events, "i").contains("typed before ctrl-c")
+            && joined(&events, "o").contains("typed before ctrl-c"),
+        "the interrupted session's frames: {events:?}"
+    );
+    Ok(())
+}
+
 /// Every file under `dir`, recursively (bounded: the store is a handful of files).
 fn files_under(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
