@@ -163,7 +163,8 @@ pub struct FrameBlock {
     size: usize,
     /// Bytes of the window in use.
     len: usize,
-    /// Where the window goes in the file (a multiple of `size`).
+    /// Where the window goes in the file: the end of the session's previous block (a multiple
+    /// of [`ALIGN`], as every block size is).
     offset: u64,
 }
 
@@ -221,6 +222,8 @@ impl FrameBlock {
         self.size - self.len
     }
 
+    /// Callers put at most [`FrameBlock::room`] bytes (the builder takes `room.min(rest)`, the
+    /// magic is 8 bytes of a block of at least [`ALIGN`], the padding copy is sized to its input).
     fn put(&mut self, bytes: &[u8]) {
         let at = self.start + self.len;
         self.mem[at..at + bytes.len()].copy_from_slice(bytes);

@@ -45,6 +45,23 @@ pub(crate) fn sessions_of(s: &Stack) -> Result<Vec<Value>> {
     json_lines(&out)
 }
 
+/// `audit verify` of a stopped stack's store passes and says the tail is signed (the gateway
+/// signs a checkpoint of its newest record when it stops on SIGTERM or SIGINT).
+fn ensure_tail_signed(s: &Stack, after: &str) -> Result<()> {
+    let config = config_path(s);
+    let (ok, out, err) = portcullis(&[
+        "audit",
+        "verify",
+        "--config",
+        config.to_str().context("utf-8")?,
+    ])?;
+    ensure!(
+        ok && out.contains("OK") && out.contains("the tail is signed"),
+        "audit verify after {after}: {out}{err}"
+    );
+    Ok(())
+}
+
 /// One asciicast event: (time, code, data).
 type CastEvent = (f64, String, String);
 
@@ -202,11 +219,7 @@ fn sessions_are_recorded_replayable_and_every_call_is_audited() -> Result<()> {
     ensure!(ok && out.contains("oidc:alice"), "replay: {out}{err}");
 
     // SIGTERM: the records of the last requests are signed as well.
-    let (ok, out, err) = portcullis(&["audit", "verify", "--config", cfg])?;
-    ensure!(
-        ok && out.contains("OK") && out.contains("the tail is signed"),
-        "audit verify: {out}{err}"
-    );
+    ensure_tail_signed(&s, "SIGTERM")?;
 
     // Every request the API server saw has an allowed audit record with the same path and the
     // status the upstream answered.
@@ -445,13 +458,9 @@ fn a_metadata_only_session_is_listed_but_has_no_frames() -> Result<()> {
         status.is_some_and(|s| s.success()),
         "the gateway did not exit cleanly on SIGINT: {status:?}"
     );
+    ensure_tail_signed(&s, "SIGINT")?;
     let config = config_path(&s);
     let cfg = config.to_str().context("utf-8")?;
-    let (ok, out, err) = portcullis(&["audit", "verify", "--config", cfg])?;
-    ensure!(
-        ok && out.contains("the tail is signed"),
-        "audit verify after SIGINT: {out}{err}"
-    );
     let sessions = sessions_of(&s)?;
     let session = session_with(&sessions, |v| v["command"][1] == "not kept")?;
     ensure!(
@@ -516,13 +525,8 @@ fn ctrl_c_during_an_exec_closes_its_recording_and_signs_the_tail() -> Result<()>
         "the gateway did not exit cleanly on SIGINT during an exec: {status:?}\n{}",
         s.gateway.log()
     );
+    ensure_tail_signed(&s, "SIGINT during an exec")?;
     let config = config_path(&s);
-    let cfg = config.to_str().context("utf-8")?;
-    let (ok, out, err) = portcullis(&["audit", "verify", "--config", cfg])?;
-    ensure!(
-        ok && out.contains("the tail is signed"),
-        "audit verify after SIGINT during an exec: {out}{err}"
-    );
     let sessions = sessions_of(&s)?;
     // The last `cat` is the one interrupted (earlier ones, if any, were torn-down attempts).
     let cat = session_with(&sessions, |v| v["command"][0] == "cat")?;
