@@ -264,7 +264,9 @@ impl LiveSessions {
 
 /// Settings and shared counters a writer needs; one per recorder.
 pub(crate) struct SessionContext {
-    /// `None` once the recorder is dropped.
+    /// `None` once the recorder stops ([`super::Recorder::close`] or the last clone dropped).
+    /// Each open session holds a sender of its own (and one `Arc` of this context, which is how
+    /// the recorder counts them at shutdown).
     pub tx: Mutex<Option<Sender<SessionMsg>>>,
     pub queued_bytes: Arc<AtomicUsize>,
     pub max_bytes: usize,
