@@ -26,6 +26,8 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
+
+use bytes::BytesMut;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -46,10 +48,8 @@ pub struct ReadFrames {
     pub torn_tail_bytes: u64,
 }
 
-/// The frame checksum: CRC-32 as zlib and gzip compute it (a 32-bit value).
-const CRC: crc_fast::CrcAlgorithm = crc_fast::CrcAlgorithm::Crc32IsoHdlc;
-
-/// The length/CRC header of one record whose payload is `parts` concatenated.
+/// The length/CRC header of one record whose payload is `parts` concatenated. The checksum is
+/// CRC-32 as zlib and gzip compute it.
 pub fn record_header(parts: &[&[u8]]) -> Result<[u8; HEADER], StoreError> {
     let len: usize = parts.iter().map(|p| p.len()).sum();
     if len > MAX_RECORD {
@@ -57,13 +57,13 @@ pub fn record_header(parts: &[&[u8]]) -> Result<[u8; HEADER], StoreError> {
             "a frame of {len} bytes is larger than the {MAX_RECORD}-byte limit"
         )));
     }
-    let mut crc = crc_fast::Digest::new(CRC);
+    let mut crc = crc32fast::Hasher::new();
     for part in parts {
         crc.update(part);
     }
     let mut header = [0; HEADER];
     header[..4].copy_from_slice(&(len as u32).to_le_bytes());
-    header[4..].copy_from_slice(&(crc.finalize() as u32).to_le_bytes());
+    header[4..].copy_from_slice(&crc.finalize().to_le_bytes());
     Ok(header)
 }
 
@@ -109,7 +109,7 @@ pub fn parse_records(bytes: &[u8]) -> Result<ReadFrames, StoreError> {
             out.torn_tail_bytes = rest.len() as u64;
             break;
         };
-        if crc_fast::checksum(CRC, payload) as u32 != crc {
+        if crc32fast::hash(payload) != crc {
             if end == rest.len() {
                 out.torn_tail_bytes = rest.len() as u64;
                 break;
@@ -137,6 +137,17 @@ pub const ALIGN: usize = 4096;
 /// page: on a Firecracker guest here, 2 MiB writes took a quarter of the system time of 256 KiB
 /// ones for the same bytes.
 pub const MAX_BLOCK: usize = 2 * 1024 * 1024;
+/// A transparent huge page on x86-64 (and arm64 with 4 KiB pages). Blocks of at least
+/// [`SLAB_MIN_BLOCK`] whose size divides it are cut from memory aligned to it and advised
+/// `MADV_HUGEPAGE`: a block then lies in physically contiguous memory, so a direct write of it
+/// is one request with one segment instead of up to 254 four-KiB ones (and pinning it for the
+/// write takes one page reference, not 256). On this Firecracker guest that took the writer
+/// thread's CPU from 0.018–0.020 to 0.007–0.015 s per 100 MB. Where THP is off, the advice
+/// does nothing and the blocks are ordinary memory.
+pub const HUGE_PAGE: usize = 2 * 1024 * 1024;
+/// The smallest block cut from a huge-page slab: smaller blocks (a quiet session's) stay in
+/// ordinary memory, so an idle session does not pin a huge page's worth of memory.
+pub const SLAB_MIN_BLOCK: usize = 256 * 1024;
 /// A session's first block. Blocks double as a session fills them, up to the pool's largest:
 /// a quiet interactive session holds little memory, a stream soon writes in large blocks.
 pub const FIRST_BLOCK: usize = 64 * 1024;
@@ -157,8 +168,9 @@ pub enum WriteMode {
 /// the recorder's writer thread: the file is the concatenation of its blocks. Its memory is
 /// aligned for direct I/O.
 pub struct FrameBlock {
-    /// `size + ALIGN` bytes: the aligned window starts at `start`.
-    mem: Vec<u8>,
+    /// At least `start + size` bytes: the aligned window starts at `start` (0 for a block cut
+    /// from a huge-page slab, below [`ALIGN`] for one allocated alone).
+    mem: BytesMut,
     start: usize,
     size: usize,
     /// Bytes of the window in use.
@@ -169,7 +181,7 @@ pub struct FrameBlock {
 }
 
 impl FrameBlock {
-    fn with_memory(mem: Vec<u8>, size: usize, offset: u64) -> Result<Self, StoreError> {
+    fn with_memory(mem: BytesMut, size: usize, offset: u64) -> Result<Self, StoreError> {
         let start = mem.as_ptr().align_offset(ALIGN);
         if start >= ALIGN || mem.len() < start + size {
             return Err(StoreError::Io("cannot align a frame block".into()));
@@ -222,6 +234,14 @@ impl FrameBlock {
         self.size - self.len
     }
 
+    /// Zeros from the end of the filled part to the next multiple of [`ALIGN`], which become
+    /// part of it (pooled memory holds an earlier block's bytes).
+    fn pad_to_page(&mut self) {
+        let padded = self.len.next_multiple_of(ALIGN).min(self.size);
+        self.mem[self.start + self.len..self.start + padded].fill(0);
+        self.len = padded;
+    }
+
     /// Callers put at most [`FrameBlock::room`] bytes (the builder takes `room.min(rest)`, the
     /// magic is 8 bytes of a block of at least [`ALIGN`], the padding copy is sized to its input).
     fn put(&mut self, bytes: &[u8]) {
@@ -238,7 +258,7 @@ pub struct BlockPool {
     first: usize,
     largest: usize,
     /// Free memory by block size.
-    free: Mutex<HashMap<usize, Vec<Vec<u8>>>>,
+    free: Mutex<HashMap<usize, Vec<BytesMut>>>,
     /// Bytes of free memory kept at most.
     keep_bytes: usize,
 }
@@ -283,7 +303,7 @@ impl BlockPool {
         size.saturating_mul(2).clamp(self.first, self.largest)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<usize, Vec<Vec<u8>>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<usize, Vec<BytesMut>>> {
         self.free
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -291,18 +311,91 @@ impl BlockPool {
 
     fn take(&self, size: usize, offset: u64) -> Result<FrameBlock, StoreError> {
         let reused = self.lock().get_mut(&size).and_then(Vec::pop);
-        let mem = reused.unwrap_or_else(|| vec![0; size + ALIGN]);
+        let mem = match reused {
+            Some(mem) => mem,
+            None if from_slab(size) => {
+                let mut blocks = huge_page_slab(size);
+                let first = blocks
+                    .pop()
+                    .unwrap_or_else(|| BytesMut::zeroed(size + ALIGN));
+                for sibling in blocks {
+                    self.keep(size, sibling);
+                }
+                first
+            }
+            None => BytesMut::zeroed(size + ALIGN),
+        };
         FrameBlock::with_memory(mem, size, offset)
+    }
+
+    /// A copy of `bytes` (what a block holds at `offset` of its file) in pooled memory, its
+    /// length zero-padded to a multiple of [`ALIGN`] so it goes to the disk as it is, with no
+    /// further copy (the padding is what a direct write of a partial block leaves anyway). For
+    /// the writer's partial writes: no fresh allocation and page faults every interval.
+    pub fn padded_copy(&self, bytes: &[u8], offset: u64) -> Result<FrameBlock, StoreError> {
+        let padded = bytes.len().next_multiple_of(ALIGN);
+        let mut size = self.first;
+        while size < padded && size < self.largest {
+            size = self.next_size(size);
+        }
+        let mut block = if size >= padded {
+            self.take(size, offset)?
+        } else {
+            FrameBlock::with_memory(BytesMut::zeroed(padded + ALIGN), padded, offset)?
+        };
+        block.put(bytes);
+        block.pad_to_page();
+        Ok(block)
     }
 
     /// Hands a written block's memory back.
     pub fn give(&self, block: FrameBlock) {
+        self.keep(block.size, block.mem);
+    }
+
+    /// Keeps a free block's memory while the pool holds less than `keep_bytes` (a slab's memory
+    /// goes back to the allocator once none of its blocks is kept or in use).
+    fn keep(&self, size: usize, mem: BytesMut) {
         let mut free = self.lock();
         let kept: usize = free.iter().map(|(size, mems)| size * mems.len()).sum();
-        if kept + block.size <= self.keep_bytes {
-            free.entry(block.size).or_default().push(block.mem);
+        if kept + size <= self.keep_bytes {
+            free.entry(size).or_default().push(mem);
         }
     }
+}
+
+/// Whether blocks of `size` are cut from huge-page slabs.
+fn from_slab(size: usize) -> bool {
+    (SLAB_MIN_BLOCK..=HUGE_PAGE).contains(&size) && HUGE_PAGE.is_multiple_of(size)
+}
+
+/// One huge page's worth of zeroed memory, aligned to [`HUGE_PAGE`] and advised `MADV_HUGEPAGE`
+/// before it is first touched, cut into blocks of `size` (which divides it). The blocks share
+/// the allocation; it is freed when the last of them is dropped.
+fn huge_page_slab(size: usize) -> Vec<BytesMut> {
+    // Twice the size leaves room to align; we never touch the part before the aligned start
+    // or after its end (fresh from mmap, it costs address space, not memory).
+    let mut whole = BytesMut::with_capacity(2 * HUGE_PAGE);
+    let skip = whole.as_ptr().align_offset(HUGE_PAGE).min(HUGE_PAGE);
+    let mut slab = whole.split_off(skip);
+    drop(whole);
+    // SAFETY: the range is the first HUGE_PAGE bytes of `slab`'s capacity (at least HUGE_PAGE:
+    // 2 * HUGE_PAGE - skip), memory this allocation owns; MADV_HUGEPAGE changes how the kernel
+    // backs the pages, never their contents, and its failure (THP not built in) is harmless.
+    let advised =
+        unsafe { libc::madvise(slab.as_mut_ptr().cast(), HUGE_PAGE, libc::MADV_HUGEPAGE) };
+    if advised != 0 {
+        tracing::debug!(
+            error = %std::io::Error::last_os_error(),
+            "frame blocks in ordinary pages: madvise(MADV_HUGEPAGE) failed"
+        );
+    }
+    slab.resize(HUGE_PAGE, 0);
+    let mut blocks = Vec::with_capacity(HUGE_PAGE / size);
+    while slab.len() >= size {
+        blocks.push(slab.split_to(size));
+    }
+    blocks
 }
 
 /// Lays a session's frame records out in blocks: the file's magic, then each record's header
@@ -596,7 +689,7 @@ impl FrameFiles {
 /// `bytes` in aligned memory, zero-padded to a multiple of [`ALIGN`].
 fn pad_for_direct_io(bytes: &[u8]) -> Result<FrameBlock, StoreError> {
     let size = bytes.len().next_multiple_of(ALIGN);
-    let mut block = FrameBlock::with_memory(vec![0; size + ALIGN], size, 0)?;
+    let mut block = FrameBlock::with_memory(BytesMut::zeroed(size + ALIGN), size, 0)?;
     block.put(bytes);
     block.len = size;
     Ok(block)
@@ -909,6 +1002,96 @@ mod tests {
         assert_eq!(
             (small.first_size(), small.next_size(8 << 10)),
             (8 << 10, 8 << 10)
+        );
+    }
+
+    #[test]
+    fn a_padded_copy_reuses_pooled_memory_and_zeros_its_padding() {
+        let pool = BlockPool::growing(ALIGN, 4 * ALIGN);
+        // Memory an earlier block filled with other bytes, back in the pool.
+        let mut dirty = pool.take(2 * ALIGN, 0).unwrap();
+        dirty.put(&vec![0xFF; 2 * ALIGN]);
+        let dirty_at = dirty.filled().as_ptr();
+        pool.give(dirty);
+
+        let copy = pool.padded_copy(&[7; 5000], 3 * ALIGN as u64).unwrap();
+        assert_eq!(
+            copy.filled().as_ptr(),
+            dirty_at,
+            "the pooled block is reused"
+        );
+        assert_eq!((copy.offset(), copy.size()), (3 * ALIGN as u64, 2 * ALIGN));
+        assert_eq!(copy.filled().len(), 2 * ALIGN);
+        assert!(copy.filled()[..5000].iter().all(|&b| b == 7));
+        assert!(copy.filled()[5000..].iter().all(|&b| b == 0));
+        // Larger than a block of the pool's largest size: memory of its own, still padded.
+        let big = pool.padded_copy(&[1; 4 * ALIGN + 1], 0).unwrap();
+        assert_eq!(big.filled().len(), 5 * ALIGN);
+        assert_eq!(big.filled().as_ptr().align_offset(ALIGN), 0);
+        assert!(big.filled()[4 * ALIGN + 1..].iter().all(|&b| b == 0));
+        // A page-multiple copy gets no padding.
+        assert_eq!(
+            pool.padded_copy(&[2; ALIGN], 0).unwrap().filled().len(),
+            ALIGN
+        );
+    }
+
+    #[test]
+    fn large_blocks_are_cut_from_huge_pages_and_small_ones_are_not() {
+        assert!(!from_slab(FIRST_BLOCK) && !from_slab(SLAB_MIN_BLOCK / 2));
+        assert!(from_slab(SLAB_MIN_BLOCK) && from_slab(1 << 20) && from_slab(HUGE_PAGE));
+        // An eighth of a 10 MB queue does not divide a huge page: ordinary memory.
+        assert!(!from_slab(10_000_000 / 8 / ALIGN * ALIGN));
+
+        let pool = BlockPool::for_queue(8 << 20);
+        let small = pool.take(FIRST_BLOCK, 0).unwrap();
+        assert_eq!(small.filled().as_ptr().align_offset(ALIGN), 0);
+        // The two 1 MiB halves of one huge page, the second from the pool's free list.
+        let a = pool.take(1 << 20, 0).unwrap();
+        let b = pool.take(1 << 20, 1 << 20).unwrap();
+        let (a_at, b_at) = (a.mem.as_ptr() as usize, b.mem.as_ptr() as usize);
+        assert_eq!((a.start, b.start), (0, 0));
+        assert_eq!(a_at.abs_diff(b_at), 1 << 20);
+        assert_eq!(a_at.min(b_at) % HUGE_PAGE, 0);
+
+        let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+            .unwrap_or_default();
+        if thp.is_empty() || thp.contains("[never]") {
+            println!("SKIPPED the huge page check: transparent huge pages are off here ({thp:?})");
+            return;
+        }
+        // The kernel backs the slab with one huge page (its own mapping once advised).
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let slab = a_at.min(b_at);
+        let mapping = smaps
+            .split_inclusive('\n')
+            .fold(Vec::<String>::new(), |mut maps, line| {
+                let starts_mapping = line
+                    .split_whitespace()
+                    .next()
+                    .is_some_and(|range| range.contains('-') && !range.ends_with(':'));
+                match maps.last_mut() {
+                    Some(last) if !starts_mapping => last.push_str(line),
+                    _ => maps.push(line.to_owned()),
+                }
+                maps
+            })
+            .into_iter()
+            .find(|map| {
+                let range = map.split_whitespace().next().unwrap_or_default();
+                let (start, end) = range.split_once('-').unwrap_or_default();
+                let parse = |hex: &str| usize::from_str_radix(hex, 16).unwrap_or_default();
+                (parse(start)..parse(end)).contains(&slab)
+            })
+            .expect("the slab's mapping is in smaps");
+        let huge_kb: u64 = mapping
+            .lines()
+            .find_map(|l| l.strip_prefix("AnonHugePages:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0);
+        assert!(
+            huge_kb >= (HUGE_PAGE / 1024) as u64,
+            "the slab should be one transparent huge page (THP: {thp:?}), its mapping says:\n{mapping}"
         );
     }
 

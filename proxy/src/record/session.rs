@@ -766,11 +766,18 @@ fn write_partials(w: &WriterContext) {
                 continue;
             }
             let (offset, bytes) = current.unwritten_since(blocks.partial_written_to);
-            let partial = (offset, bytes.to_vec());
+            let partial = w.blocks.padded_copy(bytes, offset);
             blocks.partial_written_to = end;
             partial
         };
-        if let Err(e) = w.store.write_frames(seq, partial.0, &partial.1) {
+        let result = partial.and_then(|partial| {
+            let written = w
+                .store
+                .write_frames(seq, partial.offset(), partial.filled());
+            w.blocks.give(partial);
+            written
+        });
+        if let Err(e) = result {
             session.failed.store(true, Ordering::Release);
             w.metrics.append_errors.inc();
             tracing::error!(session_seq = seq, error = %e, "cannot store a session's frames");
