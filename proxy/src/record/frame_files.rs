@@ -338,11 +338,10 @@ impl BlockPool {
         while size < padded && size < self.largest {
             size = self.next_size(size);
         }
-        let mut block = if size >= padded {
-            self.take(size, offset)?
-        } else {
-            FrameBlock::with_memory(BytesMut::zeroed(padded + ALIGN), padded, offset)?
-        };
+        if size < padded {
+            return pad_for_direct_io(bytes, offset);
+        }
+        let mut block = self.take(size, offset)?;
         block.put(bytes);
         block.pad_to_page();
         Ok(block)
@@ -645,7 +644,7 @@ impl FrameFiles {
         let result = if !*direct || (aligned(bytes.as_ptr() as usize) && aligned(bytes.len())) {
             file.write_all_at(bytes, offset)
         } else {
-            let padded = pad_for_direct_io(bytes)?;
+            let padded = pad_for_direct_io(bytes, offset)?;
             file.write_all_at(padded.filled(), offset)
         };
         result.map_err(|e| io("write", &self.path(session_seq), e))
@@ -715,12 +714,13 @@ impl FrameFiles {
     }
 }
 
-/// `bytes` in aligned memory, zero-padded to a multiple of [`ALIGN`].
-fn pad_for_direct_io(bytes: &[u8]) -> Result<FrameBlock, StoreError> {
+/// `bytes` (for `offset` of a file) in freshly allocated aligned memory, zero-padded to a
+/// multiple of [`ALIGN`].
+fn pad_for_direct_io(bytes: &[u8], offset: u64) -> Result<FrameBlock, StoreError> {
     let size = bytes.len().next_multiple_of(ALIGN);
-    let mut block = FrameBlock::with_memory(BytesMut::zeroed(size + ALIGN), size, 0)?;
+    let mut block = FrameBlock::with_memory(BytesMut::zeroed(size + ALIGN), size, offset)?;
     block.put(bytes);
-    block.len = size;
+    block.pad_to_page();
     Ok(block)
 }
 
