@@ -143,7 +143,8 @@ pub const MAX_BLOCK: usize = 2 * 1024 * 1024;
 /// is one request with one segment instead of up to 254 four-KiB ones (and pinning it for the
 /// write takes one page reference, not 256). On this Firecracker guest that took the writer
 /// thread's CPU from 0.018–0.020 to 0.007–0.015 s per 100 MB. Where THP is off, or the kernel
-/// has no huge page free, the blocks are ordinary memory.
+/// has no huge page free, the blocks are ordinary memory. Slabs are made by the writer thread
+/// ([`BlockPool::provision`]).
 pub const HUGE_PAGE: usize = 2 * 1024 * 1024;
 /// The smallest block cut from a huge-page slab: smaller blocks (a quiet session's) stay in
 /// ordinary memory, so an idle session does not pin a huge page's worth of memory.
@@ -178,6 +179,8 @@ pub struct FrameBlock {
     /// Where the window goes in the file: the end of the session's previous block (a multiple
     /// of [`ALIGN`], as every block size is).
     offset: u64,
+    /// Cut from a huge-page slab (see [`BlockPool::provision`]).
+    slab: bool,
 }
 
 impl FrameBlock {
@@ -192,6 +195,7 @@ impl FrameBlock {
             size,
             len: 0,
             offset,
+            slab: false,
         })
     }
 
@@ -254,13 +258,21 @@ impl FrameBlock {
 /// Memory for frame blocks, handed back by the writer once a block is written: a block is
 /// reused rather than freshly allocated (a fresh one costs a page fault per 4 KiB on first
 /// touch). Sizes are the first block's doubled, up to the largest.
+///
+/// Blocks of the sizes cut from huge-page slabs are made by the writer thread, never on the data
+/// path: making a slab may take long (the kernel may compact memory to find a huge page, both
+/// on the first touch of advised memory and for `MADV_COLLAPSE`), and a stalled worker thread
+/// would stall every connection it serves. Until the writer has cut one, ordinary memory stands
+/// in (and is not kept).
 pub struct BlockPool {
     first: usize,
     largest: usize,
-    /// Free memory by block size.
+    /// Free memory by block size (for slab sizes, only slab memory).
     free: Mutex<HashMap<usize, Vec<BytesMut>>>,
     /// Bytes of free memory kept at most.
     keep_bytes: usize,
+    /// Slab sizes the data path found no free block of: the writer cuts a slab for each.
+    wanted: Mutex<Vec<usize>>,
 }
 
 impl BlockPool {
@@ -283,6 +295,7 @@ impl BlockPool {
             largest,
             free: Mutex::new(HashMap::new()),
             keep_bytes: 10 * largest,
+            wanted: Mutex::new(Vec::new()),
         }
     }
 
@@ -311,21 +324,46 @@ impl BlockPool {
 
     fn take(&self, size: usize, offset: u64) -> Result<FrameBlock, StoreError> {
         let reused = self.lock().get_mut(&size).and_then(Vec::pop);
-        let mem = match reused {
-            Some(mem) => mem,
-            None if from_slab(size) => {
-                let mut blocks = huge_page_slab(size);
-                let first = blocks
-                    .pop()
-                    .unwrap_or_else(|| BytesMut::zeroed(size + ALIGN));
-                for sibling in blocks {
-                    self.keep(size, sibling);
+        let slab = from_slab(size);
+        let (mem, slab) = match reused {
+            Some(mem) => (mem, slab),
+            None => {
+                if slab {
+                    self.want(size);
                 }
-                first
+                (BytesMut::zeroed(size + ALIGN), false)
             }
-            None => BytesMut::zeroed(size + ALIGN),
         };
-        FrameBlock::with_memory(mem, size, offset)
+        let mut block = FrameBlock::with_memory(mem, size, offset)?;
+        block.slab = slab;
+        Ok(block)
+    }
+
+    fn want(&self, size: usize) {
+        let mut wanted = self
+            .wanted
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !wanted.contains(&size) {
+            wanted.push(size);
+        }
+    }
+
+    /// Cuts one huge-page slab into free blocks for each slab size a `take` found none of. For
+    /// the writer thread: there the time it may take holds up writes (and so, through the
+    /// queue and backpressure, at worst slows a stream), never a worker thread.
+    pub fn provision(&self) {
+        let wanted = std::mem::take(
+            &mut *self
+                .wanted
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        for size in wanted {
+            for block in huge_page_slab(size) {
+                self.keep(size, block);
+            }
+        }
     }
 
     /// A copy of `bytes` (what a block holds at `offset` of its file) in pooled memory, its
@@ -347,8 +385,12 @@ impl BlockPool {
         Ok(block)
     }
 
-    /// Hands a written block's memory back.
+    /// Hands a written block's memory back. Ordinary memory that stood in for a slab block is
+    /// let go, so a stream's blocks come from huge pages once the writer has cut them.
     pub fn give(&self, block: FrameBlock) {
+        if from_slab(block.size) && !block.slab {
+            return;
+        }
         self.keep(block.size, block.mem);
     }
 
@@ -1075,13 +1117,27 @@ mod tests {
         let pool = BlockPool::for_queue(8 << 20);
         let small = pool.take(FIRST_BLOCK, 0).unwrap();
         assert_eq!(small.filled().as_ptr().align_offset(ALIGN), 0);
-        // The two 1 MiB halves of one huge page, the second from the pool's free list.
+        pool.provision();
+        assert!(pool.lock().is_empty(), "no slab for small blocks");
+        // The data path never cuts a slab: ordinary memory stands in, the size is wanted...
+        let stand_in = pool.take(1 << 20, 0).unwrap();
+        assert!(!stand_in.slab);
+        assert_eq!(stand_in.filled().as_ptr().align_offset(ALIGN), 0);
+        // ...and the writer thread cuts it: the two 1 MiB halves of one huge page.
+        pool.provision();
         let a = pool.take(1 << 20, 0).unwrap();
         let b = pool.take(1 << 20, 1 << 20).unwrap();
+        assert!(a.slab && b.slab);
         let (a_at, b_at) = (a.mem.as_ptr() as usize, b.mem.as_ptr() as usize);
         assert_eq!((a.start, b.start), (0, 0));
         assert_eq!(a_at.abs_diff(b_at), 1 << 20);
         assert_eq!(a_at.min(b_at) % HUGE_PAGE, 0);
+        // The stand-in is let go, the slab blocks are kept for reuse.
+        pool.give(stand_in);
+        assert!(pool.lock().get(&(1 << 20)).is_none_or(Vec::is_empty));
+        pool.give(b);
+        assert_eq!(pool.lock().get(&(1 << 20)).map(Vec::len), Some(1));
+        assert!(pool.take(1 << 20, 0).unwrap().slab);
 
         let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
             .unwrap_or_default();
@@ -1105,8 +1161,11 @@ mod tests {
         for _ in 0..4 {
             drop(std::hint::black_box(vec![1u8; 8 << 20]));
         }
+        assert!(!pool.take(1 << 20, 2 << 20).unwrap().slab);
+        pool.provision();
         let c = pool.take(1 << 20, 2 << 20).unwrap();
         let d = pool.take(1 << 20, 3 << 20).unwrap();
+        assert!(c.slab && d.slab);
         let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
         let slab = (c.mem.as_ptr() as usize).min(d.mem.as_ptr() as usize);
         let mapping = smaps

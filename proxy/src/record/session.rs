@@ -743,6 +743,9 @@ pub(crate) fn run_writer(rx: Receiver<SessionMsg>, w: WriterContext) {
             }
             Some(SessionMsg::Opened) | None => {}
         }
+        // Slabs for the block sizes the data path found none of (never cut there: see
+        // `BlockPool`).
+        w.blocks.provision();
         if partials_written.elapsed() >= w.partial_interval {
             write_partials(&w);
             partials_written = Instant::now();
