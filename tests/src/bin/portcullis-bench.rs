@@ -105,6 +105,16 @@ struct Args {
     /// gateway's own default. A session that outruns this queue is ended by the gateway.
     #[arg(long)]
     exec_session_queue_bytes: Option<u64>,
+    /// Runs only one variant of the exec benchmark (no ratios then): to profile each alone,
+    /// e.g. under `perf record -a`, and compare the two profiles per byte.
+    #[arg(long, value_enum)]
+    exec_only: Option<ExecOnly>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ExecOnly {
+    Recorded,
+    Unrecorded,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -1719,6 +1729,14 @@ mod exec_bench {
                 [Variant::Unrecorded, Variant::Recorded]
             };
             for variant in order {
+                let skipped = match args.exec_only {
+                    Some(ExecOnly::Recorded) => variant != Variant::Recorded,
+                    Some(ExecOnly::Unrecorded) => variant != Variant::Unrecorded,
+                    None => false,
+                };
+                if skipped {
+                    continue;
+                }
                 let sample = exec(variant, args.exec_bytes, &mut gateway)?;
                 samples
                     .entry(variant == Variant::Recorded)
@@ -1749,11 +1767,16 @@ mod exec_bench {
         let _ = writeln!(
             out,
             "\nexec throughput: `stream {}` in pod web-0 (stdout only), WebSocket v5.channel.k8s.io over TLS,\n\
-             gateway -> kube-double over TLS; {} runs per variant, interleaved; MB = 10^6 bytes; time from\n\
+             gateway -> kube-double over TLS; {} runs {}; MB = 10^6 bytes; time from\n\
              TCP connect to the exit status (TLS, token check, the durable audit record included);\n\
              record.session_queue_max_bytes: {}",
             args.exec_bytes,
             args.exec_runs,
+            match args.exec_only {
+                None => "per variant, interleaved",
+                Some(ExecOnly::Recorded) => "of the recorded variant only (--exec-only)",
+                Some(ExecOnly::Unrecorded) => "of the unrecorded variant only (--exec-only)",
+            },
             args.exec_session_queue_bytes
                 .map(|n| n.to_string())
                 .unwrap_or_else(|| "gateway default".into())
