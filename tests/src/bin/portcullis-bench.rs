@@ -1618,7 +1618,7 @@ mod exec_bench {
     /// Attempts per run: pingora can drop an upgraded connection right after its 101
     /// (cloudflare/pingora#946, README "Known issues"), before any output or after the first
     /// 64–128 KiB of it; such a run is retried. Under load the drops come in bursts (three in a
-    /// row ended two 40-round runs), hence five.
+    /// row ended a 40-round run), hence five.
     const ATTEMPTS: u32 = 5;
     const CHECK_BYTES: u64 = 1_000_000;
     /// Rounds whose runs lost less than this share of the machine to the hypervisor (steal)
