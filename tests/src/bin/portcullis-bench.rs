@@ -1820,7 +1820,7 @@ mod exec_bench {
         let mut samples: BTreeMap<bool, Vec<ExecSample>> = BTreeMap::new();
         let started = Instant::now();
         let machine_before = machine_ticks()?;
-        let own_before = exec_own_ticks(&gateway, &double)?;
+        let own_before = exec_own_ticks(&gateway, &double, clk_tck)?;
         for round in 0..args.exec_runs {
             // Alternating which goes first keeps a drift of the machine out of the ratio.
             let order = if round % 2 == 0 {
@@ -1853,7 +1853,7 @@ mod exec_bench {
         let foreign = MachineShare::between(
             machine_before,
             machine_ticks()?,
-            exec_own_ticks(&gateway, &double)? - own_before,
+            exec_own_ticks(&gateway, &double, clk_tck)? - own_before,
         );
         let metrics = http_get_plain(gateway.admin, "/metrics")
             .map(|(_, body)| body)
@@ -2124,13 +2124,16 @@ mod exec_bench {
     }
 
     /// CPU ticks of this process (the client) and the servers of the exec benchmark.
-    fn exec_own_ticks(gateway: &StartedGateway, double: &Proc) -> anyhow::Result<u64> {
-        // SAFETY: sysconf has no preconditions.
-        let clk_tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    fn exec_own_ticks(
+        gateway: &StartedGateway,
+        double: &Proc,
+        clk_tck: f64,
+    ) -> anyhow::Result<u64> {
+        let children_ticks = children_cpu_ns() as f64 / 1e9 * clk_tck;
         Ok(process_cpu_ticks(std::process::id())?
             + gateway.proc.cpu_ticks()?
             + double.cpu_ticks()?
-            + children_cpu_ns() * clk_tck / 1_000_000_000)
+            + children_ticks as u64)
     }
 
     const OVERFLOWS: &str = "portcullis_record_session_overflows_total";
