@@ -113,8 +113,7 @@ struct Args {
     /// worst case) or real kubectl, as users run it (its stdout read through a pipe).
     #[arg(long, value_enum, default_value = "in-process")]
     exec_client: ExecClient,
-    /// kubectl for `--exec-client kubectl` (`cargo xtask install-peers` puts one in
-    /// .peers/bin/).
+    /// kubectl for `--exec-client kubectl` (`cargo xtask peers` puts one in .peers/bin/).
     #[arg(long, default_value = ".peers/bin/kubectl")]
     kubectl: String,
 }
@@ -284,12 +283,8 @@ fn run_http(bench: &mut Bench, wrk: &Path, args: &Args, clk_tck: f64) -> anyhow:
         connections: &args.connections,
     };
     print!("{}", report.render());
-    print_foreign(foreign);
+    println!("{}", foreign.describe("the measurements"));
     Ok(())
-}
-
-fn print_foreign(share: MachineShare) {
-    println!("{}", share.describe("the measurements"));
 }
 
 /// Machine-wide jiffies from /proc/stat. Busy is user + nice + system: interrupt time is left
@@ -1530,8 +1525,12 @@ fn find_program(name: &str) -> Option<PathBuf> {
 }
 
 /// First line of a program's version output (stdout or stderr, wherever it prints it).
-fn version_of(program: &Path, arg: &str) -> String {
-    match Command::new(program).arg(arg).stdin(Stdio::null()).output() {
+fn version_of(program: &Path, args: &[&str]) -> String {
+    match Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+    {
         Ok(o) => {
             let text = format!(
                 "{}{}",
@@ -1573,22 +1572,22 @@ fn print_machine(
     );
     println!(
         "portcullis: {} (system allocator)",
-        version_of(&args.portcullis, "--version")
+        version_of(&args.portcullis, &["--version"])
     );
     if let Some(j) = &args.portcullis_jemalloc {
         println!(
             "portcullis: {} (jemalloc, tikv-jemallocator)",
-            version_of(j, "--version")
+            version_of(j, &["--version"])
         );
     }
     if let Some(nginx) = nginx {
-        println!("nginx: {}", version_of(nginx, "-v"));
+        println!("nginx: {}", version_of(nginx, &["-v"]));
     }
     if let Some(wrk) = wrk {
-        println!("wrk: {}", version_of(wrk, "-v"));
+        println!("wrk: {}", version_of(wrk, &["-v"]));
     }
     if let Some(rustc) = find_program("rustc") {
-        println!("rustc: {}", version_of(&rustc, "--version"));
+        println!("rustc: {}", version_of(&rustc, &["--version"]));
     }
     println!(
         "upstream: {} (hyper 1, HTTP/1.1 keep-alive)",
@@ -1654,20 +1653,20 @@ mod exec_bench {
         }
     }
 
-    pub(super) struct ExecSample {
-        pub(super) seconds: f64,
-        pub(super) gateway_ticks: u64,
+    struct ExecSample {
+        seconds: f64,
+        gateway_ticks: u64,
         /// On-CPU time of the gateway's recorder threads (`record-*`) and of the others.
-        pub(super) recorder_ns: u64,
-        pub(super) other_ns: u64,
+        recorder_ns: u64,
+        other_ns: u64,
         /// On-CPU time of the whole path: this process (the client), the gateway and the double.
-        pub(super) path_ns: u64,
-        pub(super) retries: u32,
-        pub(super) stdout_bytes: u64,
+        path_ns: u64,
+        retries: u32,
+        stdout_bytes: u64,
         /// False when the gateway ended the session before the command's exit status.
-        pub(super) complete: bool,
+        complete: bool,
         /// Share of the machine's CPU the hypervisor took during the run (steal time).
-        pub(super) steal: f64,
+        steal: f64,
     }
 
     /// What one exec saw: the stdout byte count, the exit status, and when the status came.
@@ -1731,29 +1730,9 @@ mod exec_bench {
         let connector = tls_connector(&fixture.certs.ca)?;
         let limit = Duration::from_secs(args.exec_timeout_seconds);
         let kubectl = match args.exec_client {
-            ExecClient::InProcess => PathBuf::new(),
-            ExecClient::Kubectl => find_program(&args.kubectl).with_context(|| {
-                format!(
-                    "--exec-client kubectl: no kubectl at {} (cargo xtask install-peers, or --kubectl)",
-                    args.kubectl
-                )
-            })?,
+            ExecClient::InProcess => None,
+            ExecClient::Kubectl => Some(Kubectl::prepare(args, dir, fixture, gateway.api)?),
         };
-        let mut kubeconfigs = Vec::new();
-        let variants = match args.exec_client {
-            ExecClient::InProcess => &[][..],
-            ExecClient::Kubectl => &[Variant::Recorded, Variant::Unrecorded][..],
-        };
-        for &variant in variants {
-            let path = dir.join(format!("kubeconfig-{}", kubeconfigs.len()));
-            write_kubeconfig(
-                &path,
-                gateway.api,
-                &fixture.certs.ca,
-                variant.token(fixture),
-            )?;
-            kubeconfigs.push(path);
-        }
         let exec = |variant: Variant, bytes: u64, gateway: &mut StartedGateway| {
             // A recorded session that outruns the recorder is ended by the gateway
             // (`on_session_overflow: terminate`): a result to report, not a broken benchmark.
@@ -1768,17 +1747,15 @@ mod exec_bench {
             let machine_before = machine_ticks()?;
             let cut_by_recorder =
                 || variant == Variant::Recorded && overflow_total(admin) > overflows_before;
-            let client = match args.exec_client {
-                ExecClient::InProcess => Client::InProcess {
+            let client = match &kubectl {
+                None => Client::InProcess {
                     connector: &connector,
                     addr: gateway.api,
                     token: variant.token(fixture),
                 },
-                ExecClient::Kubectl => Client::Kubectl {
-                    program: &kubectl,
-                    kubeconfig: kubeconfigs
-                        .get(usize::from(variant == Variant::Unrecorded))
-                        .context("no kubeconfig for this variant")?,
+                Some(kubectl) => Client::Kubectl {
+                    program: &kubectl.program,
+                    kubeconfig: kubectl.kubeconfig(variant),
                 },
             };
             let (run, retries) =
@@ -1876,20 +1853,15 @@ mod exec_bench {
                 Some(ExecOnly::Recorded) => "of the recorded variant only (--exec-only)",
                 Some(ExecOnly::Unrecorded) => "of the unrecorded variant only (--exec-only)",
             },
-            match args.exec_client {
-                ExecClient::InProcess => "client: this process; time from TCP connect to the exit status\n\
+            match &kubectl {
+                None => "client: this process; time from TCP connect to the exit status\n\
                      (TLS, token check, the durable audit record included)"
                     .to_string(),
-                ExecClient::Kubectl => format!(
+                Some(kubectl) => format!(
                     "client: {} ({}), stdout through a pipe;\n\
                      time from the first stdout byte to the last (kubectl's start left out)",
-                    kubectl.display(),
-                    Command::new(&kubectl)
-                        .args(["version", "--client"])
-                        .stdin(Stdio::null())
-                        .output()
-                        .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_string())
-                        .unwrap_or_else(|e| format!("version unknown: {e}"))
+                    kubectl.program.display(),
+                    version_of(&kubectl.program, &["version", "--client"])
                 ),
             },
             args.exec_session_queue_bytes
@@ -2002,10 +1974,8 @@ mod exec_bench {
                 let _ = writeln!(
                     out,
                     "ratio per round (the two runs of a round are back to back, so a drift of the machine\n\
-                     cancels out): median {:.3}, quartiles {:.3}..{:.3}, over {} rounds",
-                    quantile(&paired, 0.5),
-                    quantile(&paired, 0.25),
-                    quantile(&paired, 0.75),
+                     cancels out): {}, over {} rounds",
+                    spread(&paired),
                     paired.len()
                 );
                 let calm = paired_ratios(&samples, args.exec_bytes, CALM_STEAL);
@@ -2017,12 +1987,7 @@ mod exec_bench {
                     if calm.is_empty() {
                         "none".to_string()
                     } else {
-                        format!(
-                            "median {:.3}, quartiles {:.3}..{:.3}",
-                            quantile(&calm, 0.5),
-                            quantile(&calm, 0.25),
-                            quantile(&calm, 0.75)
-                        )
+                        spread(&calm)
                     }
                 );
             }
@@ -2074,9 +2039,19 @@ mod exec_bench {
         Ok(out)
     }
 
+    /// Median and quartiles of sorted ratios.
+    fn spread(sorted: &[f64]) -> String {
+        format!(
+            "median {:.3}, quartiles {:.3}..{:.3}",
+            quantile(sorted, 0.5),
+            quantile(sorted, 0.25),
+            quantile(sorted, 0.75)
+        )
+    }
+
     /// Recorded over unrecorded throughput of each round in which both runs delivered
     /// everything and the hypervisor took less than `max_steal` of the machine in each.
-    pub(super) fn paired_ratios(
+    fn paired_ratios(
         samples: &BTreeMap<bool, Vec<ExecSample>>,
         bytes: u64,
         max_steal: f64,
@@ -2165,20 +2140,7 @@ mod exec_bench {
     ) -> (anyhow::Result<ExecRun>, u32) {
         let mut last_error = None;
         for attempt in 0..ATTEMPTS {
-            let once: std::pin::Pin<
-                Box<dyn std::future::Future<Output = anyhow::Result<ExecRun>>>,
-            > = match client {
-                Client::InProcess {
-                    connector,
-                    addr,
-                    token,
-                } => Box::pin(exec_once(connector, *addr, token, bytes)),
-                Client::Kubectl {
-                    program,
-                    kubeconfig,
-                } => Box::pin(exec_kubectl(program, kubeconfig, bytes)),
-            };
-            let result = match tokio::time::timeout(limit, once).await {
+            let result = match tokio::time::timeout(limit, client.run(bytes)).await {
                 Ok(result) => result,
                 Err(_) => Err(anyhow::anyhow!(
                     "no exit status within {} s",
@@ -2269,6 +2231,62 @@ mod exec_bench {
         });
         std::fs::write(path, serde_json::to_vec_pretty(&config)?)?;
         Ok(())
+    }
+
+    impl Client<'_> {
+        async fn run(&self, bytes: u64) -> anyhow::Result<ExecRun> {
+            match self {
+                Client::InProcess {
+                    connector,
+                    addr,
+                    token,
+                } => exec_once(connector, *addr, token, bytes).await,
+                Client::Kubectl {
+                    program,
+                    kubeconfig,
+                } => exec_kubectl(program, kubeconfig, bytes).await,
+            }
+        }
+    }
+
+    /// `--exec-client kubectl`: the program and a kubeconfig per variant.
+    struct Kubectl {
+        program: PathBuf,
+        recorded: PathBuf,
+        unrecorded: PathBuf,
+    }
+
+    impl Kubectl {
+        fn prepare(
+            args: &Args,
+            dir: &Path,
+            fixture: &Fixture,
+            gateway: SocketAddr,
+        ) -> anyhow::Result<Self> {
+            let program = find_program(&args.kubectl).with_context(|| {
+                format!(
+                    "--exec-client kubectl: no kubectl at {} (cargo xtask peers, or --kubectl)",
+                    args.kubectl
+                )
+            })?;
+            let kubeconfig = |variant: Variant, name: &str| {
+                let path = dir.join(name);
+                write_kubeconfig(&path, gateway, &fixture.certs.ca, variant.token(fixture))
+                    .map(|()| path)
+            };
+            Ok(Kubectl {
+                program,
+                recorded: kubeconfig(Variant::Recorded, "kubeconfig-recorded")?,
+                unrecorded: kubeconfig(Variant::Unrecorded, "kubeconfig-unrecorded")?,
+            })
+        }
+
+        fn kubeconfig(&self, variant: Variant) -> &Path {
+            match variant {
+                Variant::Recorded => &self.recorded,
+                Variant::Unrecorded => &self.unrecorded,
+            }
+        }
     }
 
     /// `kubectl exec web-0 -- stream BYTES` through the gateway, its stdout read through a pipe
@@ -2445,6 +2463,40 @@ mod exec_bench {
             .map(|entries| entries.flatten().map(|e| disk_usage(&e.path())).sum())
             .unwrap_or(0)
     }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn rounds_with_steal_are_left_out_of_the_calm_ratio() {
+            let sample = |seconds: f64, steal: f64| ExecSample {
+                seconds,
+                gateway_ticks: 0,
+                recorder_ns: 0,
+                other_ns: 0,
+                path_ns: 0,
+                retries: 0,
+                stdout_bytes: 100,
+                complete: true,
+                steal,
+            };
+            let mut samples = BTreeMap::new();
+            samples.insert(
+                true,
+                vec![sample(2.0, 0.0), sample(4.0, 0.3), sample(5.0, 0.0)],
+            );
+            samples.insert(
+                false,
+                vec![sample(1.0, 0.0), sample(1.0, 0.0), sample(4.0, 0.01)],
+            );
+            assert_eq!(
+                paired_ratios(&samples, 100, f64::INFINITY),
+                vec![0.25, 0.5, 0.8]
+            );
+            assert_eq!(paired_ratios(&samples, 100, 0.02), vec![0.5, 0.8]);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -2549,37 +2601,5 @@ mod tests {
         let calm = MachineShare::between(before, before, 0).describe("the runs");
         assert!(!calm.contains("warning"), "{calm}");
         assert!(parse_machine_ticks("cpu  1 2 3").is_err());
-    }
-
-    #[test]
-    fn rounds_with_steal_are_left_out_of_the_calm_ratio() {
-        let sample = |seconds: f64, steal: f64| exec_bench::ExecSample {
-            seconds,
-            gateway_ticks: 0,
-            recorder_ns: 0,
-            other_ns: 0,
-            path_ns: 0,
-            retries: 0,
-            stdout_bytes: 100,
-            complete: true,
-            steal,
-        };
-        let mut samples = BTreeMap::new();
-        samples.insert(
-            true,
-            vec![sample(2.0, 0.0), sample(4.0, 0.3), sample(5.0, 0.0)],
-        );
-        samples.insert(
-            false,
-            vec![sample(1.0, 0.0), sample(1.0, 0.0), sample(4.0, 0.01)],
-        );
-        assert_eq!(
-            exec_bench::paired_ratios(&samples, 100, f64::INFINITY),
-            vec![0.25, 0.5, 0.8]
-        );
-        assert_eq!(
-            exec_bench::paired_ratios(&samples, 100, 0.02),
-            vec![0.5, 0.8]
-        );
     }
 }
