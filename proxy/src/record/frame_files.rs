@@ -1062,11 +1062,15 @@ mod tests {
         assert_eq!(builder.current().offset(), 11 * page);
         assert_eq!(builder.current().filled(), &[1]);
         // A queue's largest block is an eighth of it, within the bounds.
-        let default = BlockPool::for_queue(8 << 20);
+        let eight_mib = BlockPool::for_queue(8 << 20);
         assert_eq!(
-            (default.first_size(), default.next_size(1 << 20)),
+            (eight_mib.first_size(), eight_mib.next_size(1 << 20)),
             (FIRST_BLOCK, 1 << 20)
         );
+        // The default queue (16 MiB) writes the largest blocks.
+        let default =
+            BlockPool::for_queue(super::super::RecordConfig::default().session_queue_max_bytes);
+        assert_eq!(default.next_size(1 << 20), MAX_BLOCK);
         let large = BlockPool::for_queue(64 << 20);
         assert_eq!(large.next_size(MAX_BLOCK), MAX_BLOCK);
         let small = BlockPool::for_queue(64 << 10);

@@ -75,7 +75,8 @@ pub struct RecordConfig {
     /// The gateway keeps no request body longer than this (omitted, marked truncated); a kept,
     /// masked body that grew past it is cut (and marked truncated).
     pub max_body_bytes: usize,
-    /// Per-session bound of frame bytes queued for the disk.
+    /// Per-session bound of frame bytes queued for the disk. The queue rides out the disk's
+    /// latency spikes; backpressure starts at half of it (see `docs/recording.md`).
     pub session_queue_max_bytes: usize,
     /// When a session exceeds its bound: `terminate` (default) or `mark_gap`.
     pub on_session_overflow: OverflowPolicy,
@@ -98,7 +99,10 @@ impl Default for RecordConfig {
             checkpoint_every_records: 1000,
             checkpoint_every_seconds: 60,
             max_body_bytes: 64 * 1024,
-            session_queue_max_bytes: 8 * 1024 * 1024,
+            // 16 MiB: at 8 MiB a 600 MB/s stream reached the backpressure mark (half) on every
+            // 100 MB, on write-latency spikes of a few ms, and lost ~4% of its throughput to the
+            // pauses; at 16 MiB it seldom does (README, "exec recording cost").
+            session_queue_max_bytes: 16 * 1024 * 1024,
             on_session_overflow: OverflowPolicy::Terminate,
             port_forward_data: false,
             cache_bytes: 64 * 1024 * 1024,

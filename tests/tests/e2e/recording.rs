@@ -393,7 +393,7 @@ fn acknowledged_mutations_survive_kill_9_and_the_chain_verifies() -> Result<()> 
 
 #[test]
 fn a_session_faster_than_the_disk_is_slowed_down_not_cut() -> Result<()> {
-    // 100 MB through a 256 KiB session queue (the default is 8 MiB): the recorder keeps up only
+    // 100 MB through a 256 KiB session queue (the default is 16 MiB): the recorder keeps up only
     // because the gateway slows the stream to the disk's pace (without that, the session
     // overflows and is ended).
     const BYTES: usize = 100_000_000;
