@@ -100,8 +100,8 @@ impl Default for RecordConfig {
             checkpoint_every_seconds: 60,
             max_body_bytes: 64 * 1024,
             // 16 MiB: at 8 MiB a 600 MB/s stream reached the backpressure mark (half) on every
-            // 100 MB, on write-latency spikes of a few ms, and lost ~4% of its throughput to the
-            // pauses; at 16 MiB it seldom does (README, "exec recording cost").
+            // 100 MB, on write-latency spikes of a few ms, and lost ~3% of its throughput to the
+            // pauses; at 16 MiB it seldom does (README, "Benchmark results").
             session_queue_max_bytes: 16 * 1024 * 1024,
             on_session_overflow: OverflowPolicy::Terminate,
             port_forward_data: false,
